@@ -1,0 +1,3 @@
+//! hvrun's platform devices and the buses that route guest accesses to them.
+pub mod bus;
+pub mod power;

@@ -1,0 +1,610 @@
+//! `hv_vcpu_run`: one VT-x style run of the guest on KVM.
+//!
+//! Entry: the control checks (`controls.rs`, VMfail -> HV_ERROR) and the guest-state
+//! checks (`entry_checks.rs`, -> exit reason 33 | bit 31), then the event injection the
+//! VMM wrote into VMCS_CTRL_VMENTRY_IRQ_INFO, then KVM_RUN.
+//!
+//! Exit: KVM's exit is presented in the VMCS exit-information fields as VT-x would
+//! report it, with RIP at the exiting instruction and nothing of it executed. For IO,
+//! MMIO and MSR exits KVM has an operation pending that must be completed before the
+//! next KVM_RUN; the layer completes it at once (immediate_exit: no guest code runs),
+//! learns the instruction's length from how far RIP moved, and puts the guest state
+//! back as it was at the exit ("complete early, restore, let the VMM emulate", see
+//! /work/shared/design/linux-host.md). Where KVM had already retired the instruction, its
+//! start is found by decoding backwards (`decode.rs`).
+use super::decode::{self, AddressMatch, IoInsn, RegisterFile};
+use super::entry_checks::{self, CR0_PE, CR0_PG, EFER_LMA};
+use super::errors::*;
+use super::kick;
+use super::vcpu::{Vcpu, VcpuState};
+use super::vm::{lock, Vm};
+use super::vmcs_store::ExitInfo;
+use super::controls;
+use crate::error::*;
+use crate::vmcs::*;
+use crate::vmx::*;
+use iced_x86::Register;
+use kvm_bindings::*;
+use kvm_ioctls::SyncReg;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// KVM_RUN = _IO(KVMIO, 0x80); KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt);
+/// KVM_NMI = _IO(KVMIO, 0x9a) (linux/kvm.h). Issued directly: the run loop reads the
+/// kvm_run page itself, and kvm-ioctls has no KVM_INTERRUPT wrapper.
+const KVM_RUN: libc::c_ulong = 0xae80;
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
+
+/// Completion rounds before giving up (a multi-access instruction needs a few).
+const MAX_COMPLETION_ROUNDS: usize = 64;
+
+/// How long a vCPU in the HLT activity state sleeps between looks at its kick flag; the
+/// kick signal ends the sleep at once.
+const HALT_POLL: Duration = Duration::from_millis(20);
+
+const HLT_OPCODE: u8 = 0xf4;
+/// RDMSR and WRMSR are 0F 32 / 0F 30.
+const MSR_INSN_LEN: u64 = 2;
+
+/// A copy of the guest state KVM shared at an exit.
+#[derive(Clone, Copy)]
+struct Snapshot {
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    events: kvm_vcpu_events,
+}
+
+impl Snapshot {
+    fn take(st: &VcpuState) -> Self {
+        let s = st.fd.sync_regs();
+        Snapshot { regs: s.regs, sregs: s.sregs, events: s.events }
+    }
+
+    /// Code size of the guest: 16 in real mode, 64 with EFER.LMA and CS.L, else CS.D.
+    fn bitness(&self) -> u32 {
+        let cs = &self.sregs.cs;
+        if self.sregs.cr0 & CR0_PE == 0 {
+            16
+        } else if self.sregs.efer & EFER_LMA != 0 && cs.l != 0 {
+            64
+        } else if cs.db != 0 {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// Linear address of an offset in CS (SDM vol. 3, 3.4).
+    fn code_linear(&self, ip: u64) -> u64 {
+        let linear = self.sregs.cs.base.wrapping_add(ip);
+        if self.bitness() == 64 { linear } else { linear & 0xffff_ffff }
+    }
+
+    fn paging(&self) -> bool {
+        self.sregs.cr0 & CR0_PG != 0
+    }
+}
+
+impl RegisterFile for Snapshot {
+    fn gpr(&self, reg: Register) -> Option<u64> {
+        let r = &self.regs;
+        Some(match reg {
+            Register::RAX => r.rax, Register::RCX => r.rcx, Register::RDX => r.rdx, Register::RBX => r.rbx,
+            Register::RSP => r.rsp, Register::RBP => r.rbp, Register::RSI => r.rsi, Register::RDI => r.rdi,
+            Register::R8 => r.r8, Register::R9 => r.r9, Register::R10 => r.r10, Register::R11 => r.r11,
+            Register::R12 => r.r12, Register::R13 => r.r13, Register::R14 => r.r14, Register::R15 => r.r15,
+            _ => return None,
+        })
+    }
+
+    fn segment_base(&self, reg: Register) -> Option<u64> {
+        let s = &self.sregs;
+        Some(match reg {
+            Register::ES => s.es.base, Register::CS => s.cs.base, Register::SS => s.ss.base,
+            Register::DS => s.ds.base, Register::FS => s.fs.base, Register::GS => s.gs.base,
+            _ => return None,
+        })
+    }
+}
+
+/// Reads guest code at a linear address into `buf`, page by page (KVM_TRANSLATE when
+/// paging is on, identity otherwise); returns how many leading bytes could be read.
+fn read_linear(vm: &Vm, st: &VcpuState, snap: &Snapshot, linear: u64, buf: &mut [u8]) -> usize {
+    let memory = lock(&vm.memory);
+    let mut done = 0;
+    while done < buf.len() {
+        let addr = linear.wrapping_add(done as u64);
+        let in_page = (0x1000 - (addr & 0xfff)) as usize;
+        let n = in_page.min(buf.len() - done);
+        let gpa = if snap.paging() {
+            match st.fd.translate_gva(addr) {
+                Ok(t) if t.valid != 0 => t.physical_address,
+                Ok(_) => break,
+                Err(e) => {
+                    log::debug!("hvf-sys/linux: KVM_TRANSLATE({addr:#x}) failed: {e}");
+                    break;
+                }
+            }
+        } else {
+            addr
+        };
+        if !memory.read(gpa, &mut buf[done..done + n]) {
+            break;
+        }
+        done += n;
+    }
+    done
+}
+
+/// The up to 15 bytes of guest code that end at `linear` (fewer if the page before is
+/// not readable); the slice ends exactly at `linear`.
+fn read_before(vm: &Vm, st: &VcpuState, snap: &Snapshot, linear: u64) -> Vec<u8> {
+    let want = (decode::MAX_INSN_LEN as u64).min(linear) as usize;
+    let start = linear - want as u64;
+    let split = ((linear & !0xfff).max(start) - start) as usize; // bytes in the previous page
+    let mut buf = vec![0u8; want];
+    let tail_ok = read_linear(vm, st, snap, start + split as u64, &mut buf[split..]) == want - split;
+    if !tail_ok {
+        return Vec::new();
+    }
+    if split > 0 && read_linear(vm, st, snap, start, &mut buf[..split]) == split {
+        buf
+    } else {
+        buf.split_off(split)
+    }
+}
+
+fn read_forward(vm: &Vm, st: &VcpuState, snap: &Snapshot, ip: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; decode::MAX_INSN_LEN];
+    let n = read_linear(vm, st, snap, snap.code_linear(ip), &mut buf);
+    buf.truncate(n);
+    buf
+}
+
+/// One KVM_RUN; Ok(()) on an exit, Err(errno) otherwise. Time inside is guest time,
+/// measured with RDTSC and KVM's TSC frequency: clock_gettime is a system call on hosts
+/// whose clocksource is not the TSC (the test sandbox uses the HPET, where two clock
+/// reads per KVM_RUN doubled the cost of an exit); Instant when the frequency is unknown.
+fn kvm_run(st: &mut VcpuState) -> Result<(), i32> {
+    let tsc_start = tsc();
+    let start = if st.tsc_khz.is_none() { Some(Instant::now()) } else { None };
+    // SAFETY: KVM_RUN on our vCPU fd takes no argument; the kvm_run page it fills is
+    // mapped for the fd's lifetime.
+    let ret = unsafe { libc::ioctl(st.fd.as_raw_fd(), KVM_RUN as _, 0) };
+    let errno = if ret < 0 { last_errno() } else { 0 };
+    let ns = match (st.tsc_khz, start) {
+        (Some(khz), _) => (tsc().wrapping_sub(tsc_start) as u128 * 1_000_000 / khz as u128) as u64,
+        (None, Some(start)) => start.elapsed().as_nanos() as u64,
+        (None, None) => 0,
+    };
+    st.exec_ns = st.exec_ns.saturating_add(ns);
+    if ret < 0 { Err(errno) } else { Ok(()) }
+}
+
+fn tsc() -> u64 {
+    // SAFETY: RDTSC exists on every x86_64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// What completing a pending operation revealed.
+struct Completion {
+    /// A read exit was followed by a write to the same address: read-modify-write.
+    read_modify_write: bool,
+}
+
+/// Completes the operation KVM has pending (reads return zeros) without running guest
+/// code: KVM_RUN with immediate_exit returns EINTR once nothing is pending; instructions
+/// with several accesses exit again first.
+fn complete(vcpu: &Vcpu, st: &mut VcpuState) -> Result<Completion, hv_return_t> {
+    let mut outcome = Completion { read_modify_write: false };
+    let first_read_gpa = {
+        let run = st.fd.get_kvm_run();
+        // SAFETY (union reads here and below): exit_reason says which member is valid.
+        (run.exit_reason == KVM_EXIT_MMIO && unsafe { run.__bindgen_anon_1.mmio.is_write } == 0)
+            .then(|| unsafe { run.__bindgen_anon_1.mmio.phys_addr })
+    };
+    for _ in 0..MAX_COMPLETION_ROUNDS {
+        {
+            let run = st.fd.get_kvm_run();
+            match run.exit_reason {
+                KVM_EXIT_IO => {
+                    let io = unsafe { run.__bindgen_anon_1.io };
+                    if io.direction as u32 == KVM_EXIT_IO_IN {
+                        let len = io.size as usize * io.count as usize;
+                        let page = run as *mut kvm_run as *mut u8;
+                        // SAFETY: KVM places the data inside the mmapped kvm_run area
+                        // (data_offset + len stays within the vCPU mmap size).
+                        unsafe { std::ptr::write_bytes(page.add(io.data_offset as usize), 0, len) };
+                    }
+                }
+                KVM_EXIT_MMIO => {
+                    let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+                    if mmio.is_write == 0 {
+                        mmio.data = [0; 8];
+                    }
+                }
+                KVM_EXIT_X86_RDMSR | KVM_EXIT_X86_WRMSR => {
+                    let msr = unsafe { &mut run.__bindgen_anon_1.msr };
+                    msr.data = 0;
+                    msr.error = 0;
+                }
+                _ => {}
+            }
+        }
+        vcpu.set_immediate_exit(1);
+        match kvm_run(st) {
+            Err(libc::EINTR) => break,
+            Err(libc::EAGAIN) => continue,
+            Err(errno) => {
+                vcpu.set_immediate_exit(vcpu.kick.load(Ordering::SeqCst) as u8);
+                return Err(raw_ioctl_failed("KVM_RUN (completing an exit)", errno));
+            }
+            Ok(()) => {
+                let run = st.fd.get_kvm_run();
+                match run.exit_reason {
+                    KVM_EXIT_MMIO => {
+                        let mmio = unsafe { run.__bindgen_anon_1.mmio };
+                        if mmio.is_write != 0 && first_read_gpa == Some(mmio.phys_addr) {
+                            outcome.read_modify_write = true;
+                        }
+                    }
+                    KVM_EXIT_IO | KVM_EXIT_X86_RDMSR | KVM_EXIT_X86_WRMSR => {}
+                    other => {
+                        log::warn!("hvf-sys/linux: KVM exit {other} while completing an exit");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Keep a kick that arrived meanwhile (its immediate_exit must survive).
+    vcpu.set_immediate_exit(vcpu.kick.load(Ordering::SeqCst) as u8);
+    Ok(outcome)
+}
+
+/// Puts the state of the exit back (RIP at `rip`), for the next entry: registers always,
+/// system registers and events only if completing changed them.
+fn restore(st: &mut VcpuState, snap: &Snapshot, rip: u64) {
+    let sync = st.fd.sync_regs_mut();
+    sync.regs = snap.regs;
+    sync.regs.rip = rip;
+    let sregs_changed = bytes_of(&sync.sregs) != bytes_of(&snap.sregs);
+    let events_changed = bytes_of(&sync.events) != bytes_of(&snap.events);
+    if std::env::var_os("HVF_DBG").is_some() { eprintln!("restore: sregs {sregs_changed} events {events_changed}"); }
+    if sregs_changed {
+        sync.sregs = snap.sregs;
+    }
+    if events_changed {
+        sync.events = snap.events;
+    }
+    st.fd.set_sync_dirty_reg(SyncReg::Register);
+    if sregs_changed {
+        st.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+    }
+    if events_changed {
+        st.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+    }
+}
+
+fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: T is a plain C struct from kvm-bindings (no references); reading its bytes,
+    // padding included, is fine for an equality test of values KVM wrote.
+    unsafe { std::slice::from_raw_parts(value as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+fn instruction_not_found(what: &str, snap: &Snapshot) -> hv_return_t {
+    log::error!("hvf-sys/linux: cannot locate the {what} instruction near CS:RIP {:#x}:{:#x}",
+        snap.sregs.cs.selector, snap.regs.rip);
+    HV_ERROR
+}
+
+/// KVM_EXIT_IO -> VMX_REASON_IO (SDM 28.2.1, table 28-5).
+fn io_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_return_t> {
+    let io = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.io };
+    let (port, size, is_in) = (io.port, io.size, io.direction as u32 == KVM_EXIT_IO_IN);
+    let snap = Snapshot::take(st);
+    complete(vcpu, st)?;
+    let after = Snapshot::take(st);
+    let moved = after.regs.rip.wrapping_sub(snap.regs.rip);
+    let bitness = snap.bitness();
+    let dx = snap.regs.rdx as u16;
+    let forward = read_forward(vm, st, &snap, snap.regs.rip);
+    let at_rip = decode::io_at(bitness, &forward, snap.regs.rip, port, size, is_in, dx);
+    let (start, insn) = if (1..=decode::MAX_INSN_LEN as u64).contains(&moved) {
+        // RIP was at the instruction and completing it moved RIP past it.
+        let insn = at_rip.unwrap_or(IoInsn { len: 0, is_in, size, string: false, rep: false, immediate: false, port_imm: None });
+        (snap.regs.rip, IoInsn { len: moved as usize, ..insn })
+    } else if let Some(insn) = at_rip.filter(|i| i.string && (after.regs.rsi != snap.regs.rsi || after.regs.rdi != snap.regs.rdi)) {
+        // A string instruction KVM has not finished (REP iterations left): RIP at it.
+        (snap.regs.rip, insn)
+    } else {
+        // KVM already retired it: RIP is past; find it by decoding backwards.
+        let before = read_before(vm, st, &snap, snap.code_linear(snap.regs.rip));
+        match decode::io_before(bitness, &before, snap.regs.rip, port, size, is_in, dx) {
+            Some(insn) => (snap.regs.rip.wrapping_sub(insn.len as u64), insn),
+            None => return Err(instruction_not_found("I/O", &snap)),
+        }
+    };
+    restore(st, &snap, start);
+    let qualification = IoQualification { size, is_in, string: insn.string, rep: insn.rep, immediate: insn.immediate, port };
+    // INS/OUTS report the linear address of their memory operand (SDM 28.2.1).
+    let linear = match (insn.string, is_in) {
+        (true, true) => snap.sregs.es.base.wrapping_add(snap.regs.rdi),
+        (true, false) => snap.sregs.ds.base.wrapping_add(snap.regs.rsi),
+        _ => 0,
+    };
+    Ok(ExitInfo { reason: VMX_REASON_IO, qualification: qualification.encode(), gpa: 0, linear, instr_len: insn.len as u32 })
+}
+
+/// KVM_EXIT_MMIO -> VMX_REASON_EPT_VIOLATION (SDM 28.2.1, table 28-7).
+fn mmio_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_return_t> {
+    let mmio = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.mmio };
+    let (gpa, len, is_write) = (mmio.phys_addr, mmio.len as usize, mmio.is_write != 0);
+    let snap = Snapshot::take(st);
+    let completion = complete(vcpu, st)?;
+    let after = Snapshot::take(st);
+    let moved = after.regs.rip.wrapping_sub(snap.regs.rip);
+    let how = if snap.paging() { AddressMatch::PageOffset } else { AddressMatch::Exact };
+    let (start, instr_len) = if (1..=decode::MAX_INSN_LEN as u64).contains(&moved) {
+        (snap.regs.rip, moved as usize)
+    } else {
+        let bitness = snap.bitness();
+        let before = read_before(vm, st, &snap, snap.code_linear(snap.regs.rip));
+        let behind = if is_write {
+            decode::store_before(bitness, &before, snap.regs.rip, &snap, len, gpa, how)
+        } else {
+            None
+        };
+        match behind {
+            Some(n) => (snap.regs.rip.wrapping_sub(n as u64), n),
+            None => {
+                // An unfinished string instruction (REP MOVS/STOS) is still at RIP.
+                let forward = read_forward(vm, st, &snap, snap.regs.rip);
+                let found = if is_write {
+                    decode::store_at(bitness, &forward, snap.regs.rip, &snap, len, gpa, how)
+                } else {
+                    decode::length_at(bitness, &forward, snap.regs.rip)
+                };
+                match found {
+                    Some(n) => (snap.regs.rip, n),
+                    None => return Err(instruction_not_found("MMIO", &snap)),
+                }
+            }
+        }
+    };
+    restore(st, &snap, start);
+    let mut q = if is_write { EptQualification::WRITE } else { EptQualification::READ };
+    if completion.read_modify_write {
+        q |= EptQualification::WRITE;
+    }
+    // A write to a read-only mapping: the EPT entry allows read and execute.
+    if lock(&vm.memory).find(gpa).is_some() {
+        q |= EptQualification::READABLE | EptQualification::EXECUTABLE;
+    }
+    Ok(ExitInfo { reason: VMX_REASON_EPT_VIOLATION, qualification: q.bits(), gpa, linear: 0, instr_len: instr_len as u32 })
+}
+
+/// KVM_EXIT_X86_RDMSR/WRMSR -> VMX_REASON_RDMSR/WRMSR: ECX and EDX:EAX are the guest's.
+fn msr_exit(vcpu: &Vcpu, st: &mut VcpuState, reason: u32) -> Result<ExitInfo, hv_return_t> {
+    let snap = Snapshot::take(st);
+    complete(vcpu, st)?;
+    let after = Snapshot::take(st);
+    let moved = after.regs.rip.wrapping_sub(snap.regs.rip);
+    let start = if moved == MSR_INSN_LEN { snap.regs.rip } else { snap.regs.rip.wrapping_sub(MSR_INSN_LEN) };
+    restore(st, &snap, start);
+    Ok(ExitInfo { reason, instr_len: MSR_INSN_LEN as u32, ..Default::default() })
+}
+
+/// KVM_EXIT_HLT -> VMX_REASON_HLT with RIP at the HLT. KVM reports it past the HLT on
+/// the hosts measured; the byte before RIP is checked rather than assumed.
+fn hlt_exit(vm: &Vm, st: &mut VcpuState) -> ExitInfo {
+    let snap = Snapshot::take(st);
+    let rip = snap.regs.rip;
+    let mut byte = [0u8; 1];
+    let at_rip = read_linear(vm, st, &snap, snap.code_linear(rip), &mut byte) == 1 && byte[0] == HLT_OPCODE;
+    let before = read_linear(vm, st, &snap, snap.code_linear(rip.wrapping_sub(1)), &mut byte) == 1 && byte[0] == HLT_OPCODE;
+    if before || !at_rip {
+        st.fd.sync_regs_mut().regs.rip = rip.wrapping_sub(1);
+        st.fd.set_sync_dirty_reg(SyncReg::Register);
+    }
+    ExitInfo { reason: VMX_REASON_HLT, instr_len: 1, ..Default::default() }
+}
+
+/// Turns VMCS_CTRL_VMENTRY_IRQ_INFO into KVM state (SDM 27.6 / 26.6 "Event Injection"),
+/// then clears its valid bit as a successful VM entry does. Returns whether an event was
+/// injected.
+fn inject(st: &mut VcpuState) -> Result<bool, hv_return_t> {
+    let info = st.field(VMCS_CTRL_VMENTRY_IRQ_INFO) as u32;
+    if info & IRQ_INFO_VALID == 0 {
+        return Ok(false);
+    }
+    let vector = (info & IRQ_INFO_VECTOR_MASK) as u8;
+    let events_dirty = st.fd.get_kvm_run().kvm_dirty_regs & KVM_SYNC_X86_EVENTS as u64 != 0;
+    match info & IRQ_INFO_TYPE_MASK {
+        IRQ_INFO_EXT_IRQ => {
+            if events_dirty {
+                // The events written at the next entry would overwrite a queued
+                // interrupt: queue it in them instead (the same KVM state).
+                let ev = &mut st.fd.sync_regs_mut().events;
+                ev.interrupt.injected = 1;
+                ev.interrupt.nr = vector;
+                ev.interrupt.soft = 0;
+            } else {
+                let irq = kvm_interrupt { irq: vector as u32 };
+                // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the pointer.
+                let ret = unsafe { libc::ioctl(st.fd.as_raw_fd(), KVM_INTERRUPT as _, &irq as *const kvm_interrupt) };
+                if ret < 0 {
+                    return Err(raw_ioctl_failed("KVM_INTERRUPT", last_errno()));
+                }
+            }
+        }
+        IRQ_INFO_NMI => {
+            if events_dirty {
+                let ev = &mut st.fd.sync_regs_mut().events;
+                ev.nmi.pending = 1;
+                ev.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
+            } else {
+                st.fd.nmi().map_err(|e| ioctl_failed("KVM_NMI", &e))?;
+            }
+        }
+        IRQ_INFO_HARD_EXC => {
+            let error = st.field(VMCS_CTRL_VMENTRY_EXC_ERROR) as u32;
+            let ev = &mut st.fd.sync_regs_mut().events;
+            ev.exception.injected = 1;
+            ev.exception.nr = vector;
+            ev.exception.has_error_code = (info & IRQ_INFO_ERROR_VALID != 0) as u8;
+            ev.exception.error_code = error;
+            st.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+        }
+        _ => {
+            // Software interrupt / exception: delivered with the return address past the
+            // instruction (RIP + entry instruction length). KVM cannot take a software
+            // event's length from userspace, so RIP is advanced here and the vector
+            // delivered as an exception (vectors 0-31 except NMI) or as an interrupt.
+            // Difference from VT-x: the gate's DPL is not checked against CPL.
+            let len = st.field(VMCS_CTRL_VMENTRY_INSTR_LEN);
+            let sync = st.fd.sync_regs_mut();
+            sync.regs.rip = sync.regs.rip.wrapping_add(len);
+            if vector < 32 && vector != 2 {
+                sync.events.exception.injected = 1;
+                sync.events.exception.nr = vector;
+                sync.events.exception.has_error_code = 0;
+            } else {
+                sync.events.interrupt.injected = 1;
+                sync.events.interrupt.nr = vector;
+                sync.events.interrupt.soft = 0;
+            }
+            st.fd.set_sync_dirty_reg(SyncReg::Register);
+            st.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+        }
+    }
+    st.set_field(VMCS_CTRL_VMENTRY_IRQ_INFO, (info & !IRQ_INFO_VALID) as u64);
+    Ok(true)
+}
+
+/// State VT-x loads at entry that KVM keeps elsewhere.
+fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), hv_return_t> {
+    // Without "load IA32_EFER", entry sets EFER.LMA/LME from "IA-32e mode guest"
+    // (SDM 27.3.2.1 / 26.3.2.1).
+    if ctrls.entry & EntryControls::LOAD_EFER.bits() == 0 {
+        let ia32e = ctrls.entry & EntryControls::GUEST_IA32E.bits() != 0;
+        let sregs = &mut st.fd.sync_regs_mut().sregs;
+        let lm = entry_checks::EFER_LMA | entry_checks::EFER_LME;
+        let efer = if ia32e { sregs.efer | lm } else { sregs.efer & !lm };
+        if efer != sregs.efer {
+            sregs.efer = efer;
+            st.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        }
+    }
+    // TSC offsetting (SDM 26.6.5 / 25.6.5): the VCPU TSC offset attribute, set on change.
+    let offset = if ctrls.proc & ProcBased::TSC_OFFSET.bits() != 0 { st.field(VMCS_CTRL_TSC_OFFSET) } else { 0 };
+    st.set_tsc_offset(offset)?;
+    // Interrupt-window exiting (SDM 26.7.5 / 25.7.5) is KVM's request_interrupt_window.
+    st.fd.get_kvm_run().request_interrupt_window = (ctrls.proc & ProcBased::IRQ_WND.bits() != 0) as u8;
+    Ok(())
+}
+
+/// Waits in the HLT (or shutdown / wait-for-SIPI) activity state until kicked.
+fn wait_for_kick(vcpu: &Vcpu) {
+    vcpu.in_run.store(true, Ordering::SeqCst);
+    while !vcpu.kick.load(Ordering::SeqCst) {
+        std::thread::sleep(HALT_POLL);
+    }
+    vcpu.in_run.store(false, Ordering::SeqCst);
+}
+
+/// hv_vcpu_run.
+pub fn run(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> hv_return_t {
+    let ctrls = st.controls();
+    if let Err(message) = controls::check_controls(&ctrls) {
+        log::error!("hvf-sys/linux: vCPU {}: VM entry with invalid controls: {message}", vcpu.id);
+        st.set_field(VMCS_RO_INSTR_ERROR, VMX_INSTR_ERROR_INVALID_CONTROLS as u64);
+        return HV_ERROR;
+    }
+    if let Err(message) = entry_checks::check_guest_state(&st.guest_view(&ctrls)) {
+        log::warn!("hvf-sys/linux: vCPU {}: VM entry fails on guest state: {message}", vcpu.id);
+        // What the VMM wrote stays "written" so a retry is checked the same way.
+        let written = st.written;
+        st.record_exit(&ExitInfo::entry_failure());
+        st.written = written;
+        return HV_SUCCESS;
+    }
+    if let Err(code) = prepare_entry(st, &ctrls) {
+        return code;
+    }
+    let injected = match inject(st) {
+        Ok(injected) => injected,
+        Err(code) => return code,
+    };
+    let activity = st.field(VMCS_GUEST_ACTIVITY_STATE) as u32;
+    if activity != ACTIVITY_ACTIVE {
+        if injected && activity == ACTIVITY_HLT {
+            // An injected event wakes the vCPU (SDM 27.6.x: HLT state left on delivery).
+            st.set_field(VMCS_GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE as u64);
+        } else {
+            wait_for_kick(vcpu);
+            kick::take(vcpu);
+            st.record_exit(&ExitInfo::simple(VMX_REASON_IRQ));
+            return HV_SUCCESS;
+        }
+    }
+    let exit = loop {
+        vcpu.in_run.store(true, Ordering::SeqCst);
+        if kick::take(vcpu) {
+            vcpu.in_run.store(false, Ordering::SeqCst);
+            break ExitInfo::simple(VMX_REASON_IRQ);
+        }
+        let result = kvm_run(st);
+        vcpu.in_run.store(false, Ordering::SeqCst);
+        match result {
+            Err(libc::EINTR) => {
+                if kick::take(vcpu) {
+                    break ExitInfo::simple(VMX_REASON_IRQ);
+                }
+                continue; // another signal: run on
+            }
+            Err(libc::EAGAIN) => continue,
+            Err(errno) => return raw_ioctl_failed("KVM_RUN", errno),
+            Ok(()) => {}
+        }
+        let reason = st.fd.get_kvm_run().exit_reason;
+        let presented = match reason {
+            KVM_EXIT_IO => io_exit(vm, vcpu, st),
+            KVM_EXIT_MMIO => mmio_exit(vm, vcpu, st),
+            KVM_EXIT_X86_RDMSR => msr_exit(vcpu, st, VMX_REASON_RDMSR),
+            KVM_EXIT_X86_WRMSR => msr_exit(vcpu, st, VMX_REASON_WRMSR),
+            KVM_EXIT_HLT => Ok(hlt_exit(vm, st)),
+            KVM_EXIT_IRQ_WINDOW_OPEN => {
+                if ctrls.proc & ProcBased::IRQ_WND.bits() != 0 {
+                    Ok(ExitInfo::simple(VMX_REASON_IRQ_WND))
+                } else {
+                    continue;
+                }
+            }
+            KVM_EXIT_SHUTDOWN => Ok(ExitInfo::simple(VMX_REASON_TRIPLE_FAULT)),
+            KVM_EXIT_FAIL_ENTRY => {
+                let fail = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.fail_entry };
+                log::error!("hvf-sys/linux: KVM_EXIT_FAIL_ENTRY, hardware reason {:#x}", fail.hardware_entry_failure_reason);
+                Ok(ExitInfo::entry_failure())
+            }
+            KVM_EXIT_INTERNAL_ERROR => {
+                let internal = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                log::error!("hvf-sys/linux: KVM_EXIT_INTERNAL_ERROR, suberror {} data {:x?} at RIP {:#x}",
+                    internal.suberror, &internal.data[..n], st.fd.sync_regs().regs.rip);
+                Err(HV_ERROR)
+            }
+            other => {
+                log::error!("hvf-sys/linux: unexpected KVM exit reason {other} at RIP {:#x}", st.fd.sync_regs().regs.rip);
+                Err(HV_ERROR)
+            }
+        };
+        match presented {
+            Ok(exit) => break exit,
+            Err(code) => return code,
+        }
+    };
+    st.record_exit(&exit);
+    HV_SUCCESS
+}

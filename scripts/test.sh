@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The project's test command.
+#
+#   scripts/test.sh [-- TEST-BINARY-ARGS...]      e.g. scripts/test.sh -- serial
+#
+# 1. scripts/setup.sh (installs what is missing);
+# 2. unit tests on the host: cargo test --workspace --exclude hvrun-tests (no KVM needed);
+# 3. end-to-end tests (package hvrun-tests): built on the host, then every test binary
+#    runs with --test-threads=1 (one VM per process), either on the local /dev/kvm when it
+#    is hardware-backed, or else all of them in one boot of scripts/sandbox.sh (a VM with
+#    a real KVM). They see HVRUN_KVM=hardware|sandbox.
+# Ends with the line "N passed, N failed" (summed over every libtest result line) and
+# exits non-zero if a test failed, a test binary crashed, a build or the sandbox failed.
+#
+# Environment: HVRUN_SANDBOX_TIMEOUT (seconds, default 1800), HVRUN_SANDBOX_MEM (4G),
+# HVRUN_KVM_KIND (forces scripts/kvm-kind.sh's answer, e.g. software to test the sandbox
+# path on a hardware machine).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+test_args=()
+if [[ $# -gt 0 ]]; then
+    [[ $1 == -- ]] || { sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+    shift
+    test_args=("$@")
+fi
+
+"$repo/scripts/setup.sh"
+
+mkdir -p "$repo/.cache"
+work=$(mktemp -d "$repo/.cache/test.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+problems=()   # one line per failure that is not a failing test (build, crash, sandbox)
+
+# --- unit tests on the host ------------------------------------------------------------
+echo "=== unit tests (host)"
+set +e
+cargo test --workspace --exclude hvrun-tests -- "${test_args[@]}" 2>&1 | tee "$work/host.log"
+rc=${PIPESTATUS[0]}
+set -e
+[[ $rc -eq 0 ]] || problems+=("host unit tests: cargo test exited with $rc")
+
+# --- end-to-end tests ------------------------------------------------------------------
+has_e2e=$(cargo metadata --no-deps --format-version 1 |
+    python3 -c 'import json,sys; print(any(p["name"] == "hvrun-tests" for p in json.load(sys.stdin)["packages"]))')
+if [[ $has_e2e != True ]]; then
+    echo "=== end-to-end tests: no package hvrun-tests in the workspace, skipped"
+else
+    echo "=== end-to-end tests: building"
+    set +e
+    cargo test -p hvrun-tests --no-run --message-format=json >"$work/build.json"
+    rc=$?
+    set -e
+    # Test executables and the package directory (cargo runs tests from there).
+    python3 - "$work/build.json" >"$work/exes" <<'EOF'
+import json, os, sys
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+            and msg.get("profile", {}).get("test") and msg["package_id"].find("hvrun-tests") >= 0:
+        print(os.path.dirname(msg["manifest_path"]) + "\t" + msg["executable"])
+EOF
+    if [[ $rc -ne 0 ]]; then
+        problems+=("end-to-end tests: build failed (cargo exited with $rc)")
+    elif [[ ! -s $work/exes ]]; then
+        problems+=("end-to-end tests: cargo built no test executables")
+    else
+        kind=$("$repo/scripts/kvm-kind.sh")
+        [[ $kind == hardware ]] && mode=hardware || mode=sandbox
+        # One script runs every binary in sequence: the sandbox boots only once.
+        {
+            echo '#!/bin/bash'
+            echo 'rc=0'
+            while IFS=$'\t' read -r dir exe; do
+                printf 'echo "     Running %s"\n' "${exe#"$repo"/}"
+                printf 'cd %q && %q --test-threads=1' "$dir" "$exe"
+                [[ ${#test_args[@]} -eq 0 ]] || printf ' %q' "${test_args[@]}"
+                printf '\ns=$?\n'
+                # Leading newline: a crash can leave a line like "test foo ... " open.
+                printf 'if [ $s -ne 0 ]; then printf "\\nhvrun-test: %s exited with status $s\\n"; rc=1; fi\n' \
+                    "${exe##*/}"
+            done <"$work/exes"
+            echo 'exit $rc'
+        } >"$work/run-e2e.sh"
+        echo "=== end-to-end tests: $(wc -l <"$work/exes") binaries, KVM: $kind, running on: $mode"
+        set +e
+        if [[ $mode == hardware ]]; then
+            HVRUN_KVM=hardware bash "$work/run-e2e.sh" 2>&1 | tee "$work/e2e.log"
+        else
+            HVRUN_KVM=sandbox "$repo/scripts/sandbox.sh" \
+                --timeout "${HVRUN_SANDBOX_TIMEOUT:-1800}" --mem "${HVRUN_SANDBOX_MEM:-4G}" \
+                -- bash "$work/run-e2e.sh" 2>&1 | tee "$work/e2e.log"
+        fi
+        rc=${PIPESTATUS[0]}
+        set -e
+        # Binaries that exited non-zero (failed tests, or a crash, abort, timeout).
+        n=${#problems[@]}
+        while IFS= read -r line; do problems+=("end-to-end tests: ${line#hvrun-test: }"); done \
+            < <(grep -ao 'hvrun-test: .*' "$work/e2e.log" || true)
+        case $rc in
+            0) ;;
+            1) [[ ${#problems[@]} -gt $n ]] || problems+=("end-to-end tests: a test binary failed") ;;
+            124) problems+=("end-to-end tests: sandbox timed out") ;;
+            *) problems+=("end-to-end tests: exited with status $rc (sandbox failure?)") ;;
+        esac
+    fi
+fi
+
+# --- summary ---------------------------------------------------------------------------
+# libtest: "test result: ok. 3 passed; 0 failed; 0 ignored; ..." (colour codes stripped).
+read -r passed failed < <(cat "$work"/*.log 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' |
+    sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed;.*/\1 \2/p' |
+    awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+echo
+for p in "${problems[@]}"; do echo "FAILED: $p"; done
+echo "$passed passed, $failed failed"
+[[ ${#problems[@]} -eq 0 && $failed -eq 0 ]]

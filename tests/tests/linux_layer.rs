@@ -1,0 +1,467 @@
+//! The Linux layer of hvf-sys on a real KVM: tiny real-mode guests driven through the raw
+//! `hv_*` API, checking that each exit looks like VT-x's (reason, qualification, RIP at
+//! the instruction, instruction length, nothing executed).
+//!
+//! These need a KVM that runs guests properly: run them in the sandbox
+//! (`scripts/sandbox.sh -- <test binary> --test-threads=1`). One VM per process, so every
+//! test holds VM_LOCK and tears its VM down (vCPU on its own thread first).
+#![cfg(target_os = "linux")]
+
+use hvf_sys::linux::hv_linux_vcpu_set_cpuid;
+use hvf_sys::vmcs::*;
+use hvf_sys::vmx::*;
+use hvf_sys::*;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+/// Guest RAM: 512 KiB at 0; everything above is unmapped (MMIO).
+const RAM_SIZE: usize = 0x8_0000;
+/// Where test code is placed and starts.
+const CODE: u64 = 0x1000;
+/// An unmapped guest-physical page used as MMIO in real mode (DS = 0xd000).
+const MMIO_SEGMENT: u64 = 0xd000;
+
+fn ok(code: hv_return_t, what: &str) {
+    assert_eq!(code, HV_SUCCESS, "{what}: {}", HvError(code));
+}
+
+/// A VM with one vCPU in real mode, torn down on drop.
+struct Guest {
+    ram: *mut u8,
+    vcpu: hv_vcpuid_t,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Guest {
+    fn new(code: &[u8]) -> Guest {
+        let lock = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: anonymous private mapping, checked below.
+        let ram = unsafe {
+            libc::mmap(std::ptr::null_mut(), RAM_SIZE, libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(ram, libc::MAP_FAILED);
+        let ram = ram as *mut u8;
+        unsafe {
+            ok(hv_vm_create(HV_VM_DEFAULT), "hv_vm_create");
+            ok(hv_vm_map(ram as _, 0, RAM_SIZE, HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC), "hv_vm_map");
+        }
+        let mut vcpu = 0;
+        unsafe { ok(hv_vcpu_create(&mut vcpu, HV_VCPU_DEFAULT), "hv_vcpu_create") };
+        let g = Guest { ram, vcpu, _lock: lock };
+        g.poke(CODE, code);
+        g.setup_real_mode();
+        g
+    }
+
+    fn poke(&self, gpa: u64, bytes: &[u8]) {
+        assert!(gpa as usize + bytes.len() <= RAM_SIZE);
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ram.add(gpa as usize), bytes.len()) };
+    }
+
+    fn cap(&self, cap: hv_vmx_capability_t) -> u64 {
+        let mut v = 0;
+        unsafe { ok(hv_vmx_read_capability(cap, &mut v), "hv_vmx_read_capability") };
+        v
+    }
+
+    fn w(&self, field: u32, value: u64) {
+        unsafe { ok(hv_vmx_vcpu_write_vmcs(self.vcpu, field, value), vmcs_field_name(field).unwrap_or("?")) };
+    }
+
+    fn r(&self, field: u32) -> u64 {
+        let mut v = 0;
+        unsafe { ok(hv_vmx_vcpu_read_vmcs(self.vcpu, field, &mut v), vmcs_field_name(field).unwrap_or("?")) };
+        v
+    }
+
+    fn reg(&self, reg: hv_x86_reg_t) -> u64 {
+        let mut v = 0;
+        unsafe { ok(hv_vcpu_read_register(self.vcpu, reg, &mut v), hv_x86_reg_name(reg)) };
+        v
+    }
+
+    fn set_reg(&self, reg: hv_x86_reg_t, value: u64) {
+        unsafe { ok(hv_vcpu_write_register(self.vcpu, reg, value), hv_x86_reg_name(reg)) };
+    }
+
+    /// The controls hvrun uses, computed from the capabilities.
+    fn controls(&self) -> (u32, u32, u32, u32, u32) {
+        (
+            cap2ctrl(self.cap(HV_VMX_CAP_PINBASED), (PinBased::EXTINT | PinBased::NMI).bits()),
+            cap2ctrl(self.cap(HV_VMX_CAP_PROCBASED), (ProcBased::HLT | ProcBased::UNCOND_IO
+                | ProcBased::MSR_BITMAPS | ProcBased::TSC_OFFSET | ProcBased::SECONDARY).bits()),
+            cap2ctrl(self.cap(HV_VMX_CAP_PROCBASED2), (ProcBased2::EPT | ProcBased2::UNRESTRICTED).bits()),
+            cap2ctrl(self.cap(HV_VMX_CAP_ENTRY), EntryControls::LOAD_EFER.bits()),
+            cap2ctrl(self.cap(HV_VMX_CAP_EXIT), (ExitControls::HOST_IA32E | ExitControls::LOAD_EFER).bits()),
+        )
+    }
+
+    /// Real mode: CS 0 AR 0x9b, data AR 0x93, limits 0xffff, TR a busy 16-bit TSS,
+    /// LDTR unusable, CR0 = ET|NE, CR4 = VMXE, RFLAGS = 2, IVT at 0.
+    fn setup_real_mode(&self) {
+        let (pin, proc, proc2, entry, exit) = self.controls();
+        self.w(VMCS_CTRL_PIN_BASED, pin as u64);
+        self.w(VMCS_CTRL_CPU_BASED, proc as u64);
+        self.w(VMCS_CTRL_CPU_BASED2, proc2 as u64);
+        self.w(VMCS_CTRL_VMENTRY_CONTROLS, entry as u64);
+        self.w(VMCS_CTRL_VMEXIT_CONTROLS, exit as u64);
+        for (sel, limit, ar, base) in [
+            (VMCS_GUEST_CS, VMCS_GUEST_CS_LIMIT, VMCS_GUEST_CS_AR, VMCS_GUEST_CS_BASE),
+            (VMCS_GUEST_DS, VMCS_GUEST_DS_LIMIT, VMCS_GUEST_DS_AR, VMCS_GUEST_DS_BASE),
+            (VMCS_GUEST_ES, VMCS_GUEST_ES_LIMIT, VMCS_GUEST_ES_AR, VMCS_GUEST_ES_BASE),
+            (VMCS_GUEST_FS, VMCS_GUEST_FS_LIMIT, VMCS_GUEST_FS_AR, VMCS_GUEST_FS_BASE),
+            (VMCS_GUEST_GS, VMCS_GUEST_GS_LIMIT, VMCS_GUEST_GS_AR, VMCS_GUEST_GS_BASE),
+            (VMCS_GUEST_SS, VMCS_GUEST_SS_LIMIT, VMCS_GUEST_SS_AR, VMCS_GUEST_SS_BASE),
+        ] {
+            self.w(sel, 0);
+            self.w(limit, 0xffff);
+            self.w(ar, if sel == VMCS_GUEST_CS { 0x9b } else { 0x93 });
+            self.w(base, 0);
+        }
+        self.w(VMCS_GUEST_TR, 0);
+        self.w(VMCS_GUEST_TR_LIMIT, 0xffff);
+        self.w(VMCS_GUEST_TR_AR, 0x8b);
+        self.w(VMCS_GUEST_TR_BASE, 0);
+        self.w(VMCS_GUEST_LDTR, 0);
+        self.w(VMCS_GUEST_LDTR_LIMIT, 0);
+        self.w(VMCS_GUEST_LDTR_AR, AR_UNUSABLE as u64);
+        self.w(VMCS_GUEST_LDTR_BASE, 0);
+        self.w(VMCS_GUEST_GDTR_BASE, 0);
+        self.w(VMCS_GUEST_GDTR_LIMIT, 0xffff);
+        self.w(VMCS_GUEST_IDTR_BASE, 0);
+        self.w(VMCS_GUEST_IDTR_LIMIT, 0x3ff);
+        self.w(VMCS_GUEST_CR0, 0x30);
+        self.w(VMCS_GUEST_CR3, 0);
+        self.w(VMCS_GUEST_CR4, 1 << 13);
+        self.w(VMCS_GUEST_IA32_EFER, 0);
+        self.w(VMCS_GUEST_RFLAGS, 2);
+        self.w(VMCS_GUEST_RIP, CODE);
+        self.w(VMCS_GUEST_RSP, 0x8000);
+        self.w(VMCS_GUEST_IGNORE_IRQ, 0);
+        self.w(VMCS_GUEST_ACTIVITY_STATE, 0);
+    }
+
+    fn run(&self) -> u32 {
+        unsafe { ok(hv_vcpu_run(self.vcpu), "hv_vcpu_run") };
+        self.r(VMCS_RO_EXIT_REASON) as u32
+    }
+
+    fn rip(&self) -> u64 {
+        self.r(VMCS_GUEST_RIP)
+    }
+
+    /// What a VMM does after emulating the instruction: RIP past it.
+    fn skip(&self) {
+        let len = self.r(VMCS_RO_VMEXIT_INSTR_LEN);
+        self.w(VMCS_GUEST_RIP, self.rip() + len);
+    }
+
+    fn io(&self) -> IoQualification {
+        IoQualification::decode(self.r(VMCS_RO_EXIT_QUALIFIC))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = hv_vcpu_destroy(self.vcpu);
+            let _ = hv_vm_destroy();
+            libc::munmap(self.ram as _, RAM_SIZE);
+        }
+    }
+}
+
+#[test]
+fn port_out_then_in_exit_at_the_instruction() {
+    // 1000: mov dx, 0x3f8   BA F8 03
+    // 1003: mov al, 'A'     B0 41
+    // 1005: out dx, al      EE
+    // 1006: in al, dx       EC
+    // 1007: hlt             F4
+    let g = Guest::new(&[0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xec, 0xf4]);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    let q = g.io();
+    assert_eq!((q.port, q.size, q.is_in, q.string, q.rep, q.immediate), (0x3f8, 1, false, false, false, false));
+    assert_eq!(g.rip(), 0x1005, "RIP at the out");
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 1);
+    assert_eq!(g.reg(HV_X86_RAX) & 0xff, 0x41);
+    // Nothing executed: running again without advancing RIP exits on the same out.
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!(g.rip(), 0x1005);
+    assert!(!g.io().is_in);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_IO);
+    let q = g.io();
+    assert_eq!((q.port, q.size, q.is_in), (0x3f8, 1, true));
+    assert_eq!(g.rip(), 0x1006, "RIP at the in");
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 1);
+    assert_eq!(g.reg(HV_X86_RAX) & 0xff, 0x41, "AL untouched by the exit");
+    // The VMM emulates the IN: AL = 0x5a.
+    g.set_reg(HV_X86_RAX, 0x5a);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_HLT);
+    assert_eq!(g.rip(), 0x1007, "RIP at the hlt");
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 1);
+    assert_eq!(g.reg(HV_X86_RAX) & 0xff, 0x5a);
+}
+
+#[test]
+fn out_with_an_immediate_port() {
+    // 1000: mov al, 0x12    B0 12
+    // 1002: out 0x80, al    E6 80
+    // 1004: hlt             F4
+    let g = Guest::new(&[0xb0, 0x12, 0xe6, 0x80, 0xf4]);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    let q = g.io();
+    assert_eq!((q.port, q.size, q.is_in, q.immediate), (0x80, 1, false, true));
+    assert_eq!(g.rip(), 0x1002);
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 2);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_HLT);
+    assert_eq!(g.rip(), 0x1004);
+}
+
+#[test]
+fn mmio_write_and_read_are_ept_violations() {
+    // DS = 0xd000 (base 0xd0000, unmapped).
+    // 1000: mov byte [0x10], 0x42   C6 06 10 00 42
+    // 1005: mov bx, 0x30            BB 30 00
+    // 1008: mov [bx+8], ax          89 47 08
+    // 100b: mov al, [0x20]          A0 20 00
+    // 100e: hlt                     F4
+    let g = Guest::new(&[0xc6, 0x06, 0x10, 0x00, 0x42, 0xbb, 0x30, 0x00, 0x89, 0x47, 0x08, 0xa0, 0x20, 0x00, 0xf4]);
+    g.w(VMCS_GUEST_DS, MMIO_SEGMENT);
+    g.w(VMCS_GUEST_DS_BASE, MMIO_SEGMENT << 4);
+    g.set_reg(HV_X86_RAX, 0x1234);
+    let linear_valid = EptQualification::LINEAR_VALID.bits();
+
+    assert_eq!(g.run(), VMX_REASON_EPT_VIOLATION);
+    assert_eq!(g.r(VMCS_GUEST_PHYSICAL_ADDRESS), 0xd0010);
+    let q = g.r(VMCS_RO_EXIT_QUALIFIC);
+    assert_eq!(q & 3, EptQualification::WRITE.bits(), "write, not read: {q:#x}");
+    assert_eq!(q & linear_valid, 0);
+    assert_eq!(g.rip(), 0x1000);
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 5);
+    g.skip();
+
+    assert_eq!(g.run(), VMX_REASON_EPT_VIOLATION);
+    assert_eq!(g.r(VMCS_GUEST_PHYSICAL_ADDRESS), 0xd0038);
+    assert_eq!(g.r(VMCS_RO_EXIT_QUALIFIC) & 3, EptQualification::WRITE.bits());
+    assert_eq!(g.rip(), 0x1008, "RIP at mov [bx+8], ax");
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 3);
+    assert_eq!(g.reg(HV_X86_RBX), 0x30);
+    g.skip();
+
+    assert_eq!(g.run(), VMX_REASON_EPT_VIOLATION);
+    assert_eq!(g.r(VMCS_GUEST_PHYSICAL_ADDRESS), 0xd0020);
+    let q = g.r(VMCS_RO_EXIT_QUALIFIC);
+    assert_eq!(q & 3, EptQualification::READ.bits(), "read: {q:#x}");
+    assert_eq!(g.rip(), 0x100b);
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 3);
+    assert_eq!(g.reg(HV_X86_RAX), 0x1234, "AL not loaded by the exit");
+    g.set_reg(HV_X86_RAX, 0x99);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_HLT);
+    assert_eq!(g.rip(), 0x100e);
+    assert_eq!(g.reg(HV_X86_RAX), 0x99);
+}
+
+#[test]
+fn hlt_exits_at_the_hlt() {
+    // 1000: nop   90
+    // 1001: hlt   F4
+    let g = Guest::new(&[0x90, 0xf4]);
+    assert_eq!(g.run(), VMX_REASON_HLT);
+    assert_eq!(g.rip(), 0x1001);
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 1);
+}
+
+#[test]
+fn rdmsr_and_wrmsr_exit_with_the_guest_registers() {
+    // 1000: mov ecx, 0x1b          66 B9 1B 00 00 00
+    // 1006: rdmsr                  0F 32
+    // 1008: mov eax, 0x11223344    66 B8 44 33 22 11
+    // 100e: mov edx, 0x55667788    66 BA 88 77 66 55
+    // 1014: wrmsr                  0F 30
+    // 1016: hlt                    F4
+    let g = Guest::new(&[0x66, 0xb9, 0x1b, 0, 0, 0, 0x0f, 0x32, 0x66, 0xb8, 0x44, 0x33, 0x22, 0x11,
+        0x66, 0xba, 0x88, 0x77, 0x66, 0x55, 0x0f, 0x30, 0xf4]);
+    g.set_reg(HV_X86_RAX, 0xaaaa);
+    assert_eq!(g.run(), VMX_REASON_RDMSR);
+    assert_eq!(g.reg(HV_X86_RCX), 0x1b);
+    assert_eq!(g.rip(), 0x1006);
+    assert_eq!(g.r(VMCS_RO_VMEXIT_INSTR_LEN), 2);
+    assert_eq!(g.reg(HV_X86_RAX), 0xaaaa, "EAX not written by the exit");
+    g.set_reg(HV_X86_RAX, 0xfee0_0900);
+    g.set_reg(HV_X86_RDX, 0);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_WRMSR);
+    assert_eq!(g.reg(HV_X86_RCX), 0x1b);
+    assert_eq!(g.reg(HV_X86_RAX), 0x1122_3344);
+    assert_eq!(g.reg(HV_X86_RDX), 0x5566_7788);
+    assert_eq!(g.rip(), 0x1014);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+#[test]
+fn kick_from_another_thread_stops_a_spinning_guest() {
+    // 1000: jmp $   EB FE
+    let g = Guest::new(&[0xeb, 0xfe]);
+    let mut id = g.vcpu;
+    let kicker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        unsafe { hv_vcpu_interrupt(&mut id, 1) }
+    });
+    assert_eq!(g.run(), VMX_REASON_IRQ);
+    assert_eq!(kicker.join().unwrap(), HV_SUCCESS);
+    assert_eq!(g.rip(), 0x1000);
+}
+
+#[test]
+fn kick_before_run_exits_at_once() {
+    // 1000: hlt   F4
+    let g = Guest::new(&[0xf4]);
+    let mut id = g.vcpu;
+    let code = std::thread::spawn(move || unsafe { hv_vcpu_interrupt(&mut id, 1) }).join().unwrap();
+    assert_eq!(code, HV_SUCCESS);
+    assert_eq!(g.run(), VMX_REASON_IRQ);
+    assert_eq!(g.rip(), 0x1000, "nothing ran");
+    // The kick is consumed: the next run reaches the hlt.
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+/// IVT entry `vector` -> 0000:handler, and a handler that writes 0x77 to port 0x81.
+fn install_handler(g: &Guest, vector: u8, handler: u16) {
+    g.poke(vector as u64 * 4, &[handler as u8, (handler >> 8) as u8, 0, 0]);
+    // handler: mov al, 0x77 (B0 77); out 0x81, al (E6 81); iret (CF)
+    g.poke(handler as u64, &[0xb0, 0x77, 0xe6, 0x81, 0xcf]);
+}
+
+#[test]
+fn interrupt_window_opens_after_the_sti_shadow_and_injection_is_delivered() {
+    // 1000: cli           FA
+    // 1001: out 0x80, al  E6 80
+    // 1003: sti           FB
+    // 1004: nop           90
+    // 1005: jmp $         EB FE
+    let g = Guest::new(&[0xfa, 0xe6, 0x80, 0xfb, 0x90, 0xeb, 0xfe]);
+    install_handler(&g, 0x20, 0x2000);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!(g.rip(), 0x1001);
+    let proc = g.r(VMCS_CTRL_CPU_BASED);
+    g.w(VMCS_CTRL_CPU_BASED, proc | ProcBased::IRQ_WND.bits() as u64);
+    g.skip();
+    assert_eq!(g.run(), VMX_REASON_IRQ_WND);
+    assert_eq!(g.rip(), 0x1005, "window opens after the instruction in the STI shadow");
+    assert_eq!(g.reg(HV_X86_RFLAGS) & 0x200, 0x200);
+    // Inject vector 0x20 as the VMM does once the window is open.
+    g.w(VMCS_CTRL_CPU_BASED, proc);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x20) as u64);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!(g.io().port, 0x81);
+    assert_eq!(g.rip(), 0x2002, "inside the IVT handler");
+    assert_eq!(g.reg(HV_X86_RAX) & 0xff, 0x77);
+    assert_eq!(g.r(VMCS_CTRL_VMENTRY_IRQ_INFO) as u32 & IRQ_INFO_VALID, 0, "valid bit cleared on entry");
+}
+
+#[test]
+fn injected_external_interrupt_runs_the_ivt_handler() {
+    // 1000: jmp $   EB FE   (RFLAGS.IF = 1)
+    let g = Guest::new(&[0xeb, 0xfe]);
+    install_handler(&g, 0x30, 0x3000);
+    g.w(VMCS_GUEST_RFLAGS, 0x202);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x30) as u64);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!(g.io().port, 0x81);
+    assert_eq!(g.rip(), 0x3002);
+    // The handler's frame returns to the interrupted jmp.
+    let sp = g.reg(HV_X86_RSP) as usize;
+    let ip = unsafe { *g.ram.add(sp) as u64 | (*g.ram.add(sp + 1) as u64) << 8 };
+    assert_eq!(ip, 0x1000);
+}
+
+#[test]
+fn invalid_guest_state_fails_the_entry() {
+    let g = Guest::new(&[0xf4]);
+    let failed = VMX_REASON_VMENTRY_GUEST | VMX_REASON_ENTRY_FAILED;
+    g.w(VMCS_GUEST_RFLAGS, 0); // bit 1 clear
+    assert_eq!(g.run(), failed);
+    assert_eq!(g.r(VMCS_RO_EXIT_QUALIFIC), 0);
+    g.w(VMCS_GUEST_RFLAGS, 2);
+    g.w(VMCS_GUEST_CR4, 0); // VMXE clear
+    assert_eq!(g.run(), failed);
+    g.w(VMCS_GUEST_CR4, 1 << 13);
+    // An external interrupt with IF=0.
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x20) as u64);
+    assert_eq!(g.run(), failed);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, 0);
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+#[test]
+fn invalid_controls_are_refused() {
+    let g = Guest::new(&[0xf4]);
+    let proc = g.r(VMCS_CTRL_CPU_BASED);
+    g.w(VMCS_CTRL_CPU_BASED, proc & !(ProcBased::HLT.bits() as u64));
+    assert_eq!(unsafe { hv_vcpu_run(g.vcpu) }, HV_ERROR);
+    assert_eq!(g.r(VMCS_RO_INSTR_ERROR), VMX_INSTR_ERROR_INVALID_CONTROLS as u64);
+    g.w(VMCS_CTRL_CPU_BASED, proc);
+    let proc2 = g.r(VMCS_CTRL_CPU_BASED2);
+    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::VMCS_SHADOW.bits() as u64);
+    assert_eq!(unsafe { hv_vcpu_run(g.vcpu) }, HV_ERROR);
+    g.w(VMCS_CTRL_CPU_BASED2, proc2);
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+#[test]
+fn one_vm_per_process() {
+    let _g = Guest::new(&[0xf4]);
+    assert_eq!(unsafe { hv_vm_create(HV_VM_DEFAULT) }, HV_BUSY);
+}
+
+#[test]
+fn vcpu_calls_from_another_thread_are_refused() {
+    let g = Guest::new(&[0xf4]);
+    let id = g.vcpu;
+    let (read, run) = std::thread::spawn(move || unsafe {
+        let mut v = 0;
+        (hv_vcpu_read_register(id, HV_X86_RIP, &mut v), hv_vcpu_run(id))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(read, HV_BAD_ARGUMENT);
+    assert_eq!(run, HV_BAD_ARGUMENT);
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+#[test]
+fn cpuid_hook_installs_the_policy() {
+    // 1000: xor eax, eax   66 31 C0
+    // 1003: cpuid          0F A2
+    // 1005: out 0x80, al   E6 80
+    let g = Guest::new(&[0x66, 0x31, 0xc0, 0x0f, 0xa2, 0xe6, 0x80]);
+    let policy = |leaf: u32, _sub: u32| if leaf == 0 { [1, 0x6c6c_6568, 0x2121_646c, 0x6f77_206f] } else { [0; 4] };
+    assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_SUCCESS);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!(g.reg(HV_X86_RBX) as u32, 0x6c6c_6568);
+    assert_eq!(g.reg(HV_X86_RDX) as u32, 0x6f77_206f);
+}
+
+#[test]
+fn io_exit_round_trip_cost() {
+    // 1000: out 0x80, al   E6 80
+    // 1002: jmp 0x1000     EB FC
+    let g = Guest::new(&[0xe6, 0x80, 0xeb, 0xfc]);
+    const ROUNDS: u32 = 1000;
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        assert_eq!(g.run(), VMX_REASON_IO);
+        g.skip();
+    }
+    let per_exit = start.elapsed() / ROUNDS;
+    eprintln!("IO exit round trip through the layer: {per_exit:?} per exit ({ROUNDS} exits)");
+}

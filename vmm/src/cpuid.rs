@@ -1,0 +1,139 @@
+//! The processor the guest is shown (CPUID). Starts from the host's CPUID and hides what
+//! hvrun does not emulate or a guest must not use under it.
+use std::arch::x86_64::__cpuid_count;
+
+/// Feature bits (SDM vol. 2, CPUID, tables 3-10 and 3-11).
+mod bits {
+    pub const ECX1_MONITOR: u32 = 1 << 3;
+    pub const ECX1_VMX: u32 = 1 << 5;
+    pub const ECX1_SMX: u32 = 1 << 6;
+    pub const ECX1_EST: u32 = 1 << 7;
+    pub const ECX1_TM2: u32 = 1 << 8;
+    pub const ECX1_PDCM: u32 = 1 << 15;
+    pub const ECX1_DCA: u32 = 1 << 18;
+    pub const ECX1_X2APIC: u32 = 1 << 21;
+    pub const ECX1_TSC_DEADLINE: u32 = 1 << 24;
+    pub const ECX1_OSXSAVE: u32 = 1 << 27;
+    pub const ECX1_HYPERVISOR: u32 = 1 << 31;
+    pub const EDX1_APIC: u32 = 1 << 9;
+    pub const EDX1_ACPI: u32 = 1 << 22;
+    pub const EDX1_HTT: u32 = 1 << 28;
+    pub const EDX1_TM: u32 = 1 << 29;
+    pub const EDX1_PBE: u32 = 1 << 31;
+    /// Leaf 7.0 EBX: SGX 2, HLE 4, RTM 11, PQM 12, MPX 14, PQE 15, PT 25.
+    pub const EBX7_HIDDEN: u32 = (1 << 2) | (1 << 4) | (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15) | (1 << 25);
+    /// Leaf 7.0 ECX: WAITPKG 5, PKU 3, OSPKE 4, SGX_LC 30.
+    pub const ECX7_HIDDEN: u32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 30);
+    /// Leaf 7.0 EDX: hybrid 15, PCONFIG 18, arch LBR 19, the speculation-control MSRs
+    /// (IBRS/STIBP 26-27, L1D_FLUSH 28, ARCH_CAPABILITIES 29, CORE_CAPABILITIES 30,
+    /// SSBD 31) whose MSRs hvrun does not emulate.
+    pub const EDX7_HIDDEN: u32 = (1 << 15) | (1 << 18) | (1 << 19) | (0x3f << 26);
+    /// Leaf 0x8000_0001 ECX: SVM 2.
+    pub const ECX81_SVM: u32 = 1 << 2;
+}
+
+/// The leaves and values a guest sees.
+#[derive(Clone, Debug)]
+pub struct CpuidPolicy {
+    /// vCPUs in the machine (topology leaves).
+    pub vcpus: u32,
+    /// Whether the machine has a local APIC (APIC, x2APIC and TSC-deadline bits).
+    pub lapic: bool,
+}
+
+/// The hypervisor leaves' vendor signature (0x4000_0000): "hvrunhvrunhv".
+const HYPERVISOR_SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"hvru"),
+    u32::from_le_bytes(*b"nhvr"),
+    u32::from_le_bytes(*b"unhv"),
+];
+
+impl CpuidPolicy {
+    pub fn new(vcpus: u32, lapic: bool) -> Self {
+        CpuidPolicy { vcpus, lapic }
+    }
+
+    /// EAX, EBX, ECX, EDX of `leaf`.`subleaf` on vCPU `index`.
+    pub fn leaf(&self, index: u32, leaf: u32, subleaf: u32) -> [u32; 4] {
+        use bits::*;
+        if (0x4000_0000..0x4000_0100).contains(&leaf) {
+            return match leaf {
+                0x4000_0000 => [0x4000_0000, HYPERVISOR_SIGNATURE[0], HYPERVISOR_SIGNATURE[1], HYPERVISOR_SIGNATURE[2]],
+                _ => [0; 4],
+            };
+        }
+        let [mut a, mut b, mut c, mut d] = host_cpuid(leaf, subleaf);
+        match leaf {
+            1 => {
+                c &= !(ECX1_MONITOR | ECX1_VMX | ECX1_SMX | ECX1_EST | ECX1_TM2 | ECX1_PDCM | ECX1_DCA | ECX1_OSXSAVE);
+                if !self.lapic {
+                    c &= !(ECX1_X2APIC | ECX1_TSC_DEADLINE);
+                    d &= !EDX1_APIC;
+                }
+                c |= ECX1_HYPERVISOR;
+                d &= !(EDX1_ACPI | EDX1_TM | EDX1_PBE);
+                d |= EDX1_HTT;
+                // EBX: initial APIC ID 31:24, logical processors 23:16, CLFLUSH size kept.
+                b = (b & 0xffff) | (self.vcpus.min(255) << 16) | (index.min(255) << 24);
+            }
+            // Cache topology: one core per package sharing nothing beyond what the host says.
+            4 => a &= 0x3ff,
+            // Thermal/power management and the PMU are not emulated.
+            5 | 6 | 0xa => [a, b, c, d] = [0; 4],
+            7 if subleaf == 0 => {
+                b &= !EBX7_HIDDEN;
+                c &= !ECX7_HIDDEN;
+                d &= !EDX7_HIDDEN;
+            }
+            // x2APIC topology: one thread per core, `vcpus` cores.
+            0xb => {
+                [a, b, c, d] = match subleaf {
+                    0 => [0, 1, 0x100, index],
+                    1 => [32 - self.vcpus.max(1).leading_zeros(), self.vcpus, 0x201, index],
+                    _ => [0, 0, subleaf, index],
+                };
+            }
+            0x8000_0001 => c &= !ECX81_SVM,
+            _ => {}
+        }
+        [a, b, c, d]
+    }
+
+    /// XCR0 bits a guest may enable: those the host reports in leaf 0xD.
+    pub fn xcr0_supported(&self) -> u64 {
+        let [a, _, _, d] = host_cpuid(0xd, 0);
+        // x87, SSE, AVX and AVX-512 state; not MPX (3-4) nor supervisor components.
+        (u64::from(d) << 32 | u64::from(a)) & 0xe7
+    }
+}
+
+fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = __cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hides_vmx_and_shows_a_hypervisor() {
+        let p = CpuidPolicy::new(2, false);
+        let [_, b, c, d] = p.leaf(1, 1, 0);
+        assert_eq!(c & bits::ECX1_VMX, 0);
+        assert_eq!(c & bits::ECX1_MONITOR, 0);
+        assert_ne!(c & bits::ECX1_HYPERVISOR, 0);
+        assert_eq!(d & bits::EDX1_APIC, 0, "no LAPIC in this machine");
+        assert_eq!(b >> 24, 1, "APIC ID is the vCPU index");
+        assert_eq!((b >> 16) & 0xff, 2);
+        assert_eq!(p.leaf(0, 0x4000_0000, 0), [0x4000_0000, 0x7572_7668, 0x7276_686e, 0x7668_6e75]);
+        assert_eq!(p.leaf(0, 0xa, 0), [0; 4], "no PMU");
+        assert_eq!(p.leaf(0, 0x8000_0001, 0)[2] & bits::ECX81_SVM, 0);
+    }
+
+    #[test]
+    fn a_machine_with_a_lapic_keeps_the_apic_bit() {
+        let host_apic = host_cpuid(1, 0)[3] & bits::EDX1_APIC;
+        assert_eq!(CpuidPolicy::new(1, true).leaf(0, 1, 0)[3] & bits::EDX1_APIC, host_apic);
+    }
+}

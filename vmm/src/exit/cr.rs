@@ -1,0 +1,87 @@
+//! Control-register accesses (exit reason 28, qualification in SDM 28.2.1 table 28-3).
+//! Only the CR0/CR4 bits in hvrun's guest/host masks exit (see `controls`); the guest
+//! sees its own values through the read shadows.
+use super::{Action, ExitContext};
+use crate::controls::*;
+use hvf_sys::vmcs::*;
+use hvf_sys::vmx::*;
+use hvf_sys::*;
+
+pub fn handle(ctx: &mut ExitContext) -> Result<Action, HvError> {
+    let q = CrQualification::decode(ctx.vcpu.read_vmcs(VMCS_RO_EXIT_QUALIFIC)?);
+    if crate::trace::tracing() {
+        ctx.note = Some(format!("cr{} type={} gpr={}", q.cr, q.access_type, q.gpr));
+    }
+    match (q.access_type, q.cr) {
+        (CR_ACCESS_MOV_TO, 0) => {
+            let value = ctx.read_gpr(q.gpr)?;
+            if !write_cr0(ctx, value)? {
+                return Ok(Action::Resume);
+            }
+        }
+        (CR_ACCESS_MOV_TO, 4) => {
+            let value = ctx.read_gpr(q.gpr)?;
+            ctx.vcpu.write_vmcs(VMCS_CTRL_CR4_SHADOW, value)?;
+            ctx.vcpu.write_vmcs(VMCS_GUEST_CR4, effective_cr4(value))?;
+        }
+        // CR8 is the task-priority register; hvrun's guests run without a TPR shadow, so
+        // it lives in the vCPU's TPR.
+        (CR_ACCESS_MOV_TO, 8) => {
+            let value = ctx.read_gpr(q.gpr)?;
+            ctx.vcpu.write_reg(HV_X86_TPR, value & 0xf)?;
+        }
+        (CR_ACCESS_MOV_FROM, 8) => {
+            let tpr = ctx.vcpu.read_reg(HV_X86_TPR)?;
+            ctx.write_gpr(q.gpr, tpr & 0xf)?;
+        }
+        (CR_ACCESS_CLTS, _) => {
+            // CLTS clears CR0.TS (bit 3); TS is not in the mask, so this exit is unexpected
+            // but harmless to honour.
+            let cr0 = ctx.vcpu.read_vmcs(VMCS_GUEST_CR0)?;
+            ctx.vcpu.write_vmcs(VMCS_GUEST_CR0, cr0 & !8)?;
+            let shadow = ctx.vcpu.read_vmcs(VMCS_CTRL_CR0_SHADOW)?;
+            ctx.vcpu.write_vmcs(VMCS_CTRL_CR0_SHADOW, shadow & !8)?;
+        }
+        (CR_ACCESS_LMSW, _) => {
+            // LMSW loads CR0 bits 3:0 but can never clear PE (SDM vol. 2, LMSW).
+            let shadow = ctx.vcpu.read_vmcs(VMCS_CTRL_CR0_SHADOW)?;
+            let value = (shadow & !0xe) | (q.lmsw_source as u64 & 0xf) | (shadow & CR0_PE);
+            if !write_cr0(ctx, value)? {
+                return Ok(Action::Resume);
+            }
+        }
+        _ => return super::fault::unhandled(ctx, VMX_REASON_MOV_CR),
+    }
+    ctx.skip_instruction()?;
+    Ok(Action::Resume)
+}
+
+/// MOV to CR0. When paging is switched on with EFER.LME set, the CPU enters IA-32e mode:
+/// EFER.LMA and the "IA-32e mode guest" entry control must follow, or the next VM entry
+/// fails (SDM 27.3.1.1; hyperkit#226). Switching paging off leaves it. Returns false when
+/// the write faulted (#GP injected, RIP unchanged).
+fn write_cr0(ctx: &mut ExitContext, value: u64) -> Result<bool, HvError> {
+    let efer = ctx.vcpu.read_vmcs(VMCS_GUEST_IA32_EFER)?;
+    let cr4 = ctx.vcpu.read_vmcs(VMCS_GUEST_CR4)?;
+    // PG without PE, NW without CD, and long-mode paging without PAE are #GP (SDM vol. 2, MOV CR).
+    let invalid = (value & CR0_PG != 0 && value & CR0_PE == 0)
+        || (value & CR0_NW != 0 && value & CR0_CD == 0)
+        || (value & CR0_PG != 0 && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0)
+        || value >> 32 != 0;
+    if invalid {
+        ctx.inject_gp()?;
+        return Ok(false);
+    }
+    let entry = ctx.vcpu.read_vmcs(VMCS_CTRL_VMENTRY_CONTROLS)?;
+    let ia32e = EntryControls::GUEST_IA32E.bits() as u64;
+    let (efer, entry) = if value & CR0_PG != 0 && efer & EFER_LME != 0 {
+        (efer | EFER_LMA, entry | ia32e)
+    } else {
+        (efer & !EFER_LMA, entry & !ia32e)
+    };
+    ctx.vcpu.write_vmcs(VMCS_GUEST_IA32_EFER, efer)?;
+    ctx.vcpu.write_vmcs(VMCS_CTRL_VMENTRY_CONTROLS, entry)?;
+    ctx.vcpu.write_vmcs(VMCS_CTRL_CR0_SHADOW, value)?;
+    ctx.vcpu.write_vmcs(VMCS_GUEST_CR0, effective_cr0(value))?;
+    Ok(true)
+}

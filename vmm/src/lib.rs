@@ -1,0 +1,16 @@
+//! hvrun's VT-x core: the VM and its vCPUs, the run loop, one handler per exit reason,
+//! instruction emulation, and the CPUID/MSR policy the guest sees.
+pub mod controls;
+pub mod cpuid;
+pub mod emulate;
+pub mod entry;
+pub mod exit;
+pub mod inject;
+pub mod irq;
+pub mod machine;
+pub mod memory;
+pub mod msr;
+pub mod regs;
+pub mod trace;
+pub mod vcpu;
+pub mod vm;
