@@ -121,7 +121,7 @@ mod tests {
         let mut byte = [0u8];
         assert!(bus.read(0x3fd, &mut byte));
         assert_eq!(byte, [5]);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(a.0.lock().unwrap()[0], (0, vec![b'x']));
         // Just past the end: nobody there, reads float high.
         assert!(!bus.read(0x400, &mut byte));

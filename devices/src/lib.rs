@@ -1,3 +1,4 @@
 //! hvrun's platform devices and the buses that route guest accesses to them.
 pub mod bus;
+pub mod irq;
 pub mod power;

@@ -5,19 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-/// One vCPU's view of its interrupt controller (the local APIC, or a test's vector latch).
-pub trait LocalInterrupts: Send + Sync {
-    /// The highest-priority vector waiting for delivery.
-    fn pending(&self) -> Option<u8>;
-    /// The vCPU has injected `vector`.
-    fn acknowledge(&self, vector: u8);
-    /// When this vCPU's next timer fires, so that HLT sleeps no longer than that.
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    /// Raises the interrupts of timers that are due at `now`.
-    fn poll_timers(&self, _now: Instant) {}
-}
+pub use devices::irq::{Kick, LocalInterrupts};
 
 /// Wakes one vCPU: out of its HLT sleep, or out of the guest (`hv_vcpu_interrupt`) so
 /// that it looks at its pending interrupts and stop requests before the next entry.
@@ -60,7 +48,7 @@ impl Waker {
     }
 
     /// New work for the vCPU has been published: wake it wherever it is.
-    pub fn kick(&self) {
+    pub fn wake(&self) {
         {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.cv.notify_all();
@@ -95,6 +83,12 @@ impl Waker {
     }
 }
 
+impl Kick for Waker {
+    fn kick(&self) {
+        self.wake();
+    }
+}
+
 /// The simplest interrupt controller: a set of pending vectors, highest first, raised by
 /// devices and delivered as soon as the guest accepts interrupts. Test machines use it
 /// before a local APIC exists.
@@ -111,7 +105,7 @@ impl VectorLatch {
     /// Marks `vector` pending and wakes the vCPU.
     pub fn raise(&self, vector: u8) {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())[vector as usize / 64] |= 1 << (vector % 64);
-        self.waker.kick();
+        self.waker.wake();
     }
 }
 

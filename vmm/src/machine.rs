@@ -64,7 +64,7 @@ impl Stopper {
         self.reason.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
         self.stopping.store(true, Ordering::SeqCst);
         for waker in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            waker.kick();
+            waker.wake();
         }
     }
 

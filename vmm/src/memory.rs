@@ -44,7 +44,7 @@ pub struct GuestRam {
 
 impl GuestRam {
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if size == 0 || size % 4096 != 0 {
+        if size == 0 || !size.is_multiple_of(4096) {
             return Err(MemoryError::BadSize(size));
         }
         let ranges: Vec<(GuestAddress, usize)> =

@@ -59,6 +59,70 @@ pub fn io_insn(instr: &Instruction) -> Option<IoInsn> {
     })
 }
 
+/// Legacy prefixes (SDM vol. 2, 2.1.1): operand/address size, REP/REPNE, LOCK, segments.
+fn is_legacy_prefix(byte: u8) -> bool {
+    matches!(byte, 0x66 | 0x67 | 0xf2 | 0xf3 | 0xf0 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65)
+}
+
+/// The port-I/O instruction at the start of `bytes`, recognised from its opcode alone
+/// (E4-E7 IN/OUT imm8, EC-EF IN/OUT DX, 6C-6F INS/OUTS; SDM vol. 2, "IN", "OUT", "INS",
+/// "OUTS"), without the full decoder: this runs at every IO exit. Length: prefixes +
+/// opcode (+ imm8). `None` for anything else (then the full decoder decides).
+pub fn io_opcode_at(bitness: u32, bytes: &[u8]) -> Option<IoInsn> {
+    let mut i = 0;
+    let mut operand16 = bitness == 16;
+    let mut rep = false;
+    while i < bytes.len() && i < MAX_INSN_LEN && is_legacy_prefix(bytes[i]) {
+        match bytes[i] {
+            0x66 => operand16 = bitness != 16,
+            0xf3 | 0xf2 => rep = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    if bitness == 64 && bytes.get(i).is_some_and(|b| b & 0xf0 == 0x40) {
+        i += 1; // REX: no effect on port I/O operand sizes
+    }
+    let opcode = *bytes.get(i)?;
+    let wide = if operand16 { 2 } else { 4 };
+    let (is_in, size, string, immediate) = match opcode {
+        0xe4 => (true, 1, false, true),
+        0xe5 => (true, wide, false, true),
+        0xe6 => (false, 1, false, true),
+        0xe7 => (false, wide, false, true),
+        0xec => (true, 1, false, false),
+        0xed => (true, wide, false, false),
+        0xee => (false, 1, false, false),
+        0xef => (false, wide, false, false),
+        0x6c => (true, 1, true, false),
+        0x6d => (true, wide, true, false),
+        0x6e => (false, 1, true, false),
+        0x6f => (false, wide, true, false),
+        _ => return None,
+    };
+    let port_imm = if immediate { Some(*bytes.get(i + 1)? as u16) } else { None };
+    Some(IoInsn {
+        len: i + 1 + immediate as usize,
+        is_in,
+        size,
+        string,
+        rep: string && rep,
+        immediate,
+        port_imm,
+    })
+}
+
+/// [`io_at`] through the opcode table first, the full decoder only if that fails.
+pub fn io_at_fast(bitness: u32, bytes: &[u8], ip: u64, port: u16, size: u8, is_in: bool, dx: u16) -> Option<IoInsn> {
+    match io_opcode_at(bitness, bytes) {
+        Some(io) => {
+            let insn_port = io.port_imm.unwrap_or(dx);
+            (io.is_in == is_in && io.size == size && insn_port == port).then_some(io)
+        }
+        None => io_at(bitness, bytes, ip, port, size, is_in, dx),
+    }
+}
+
 fn decode_one(bitness: u32, bytes: &[u8], ip: u64) -> Option<Instruction> {
     let mut decoder = Decoder::try_with_ip(bitness, bytes, ip, DecoderOptions::NONE).ok()?;
     if !decoder.can_decode() {
@@ -235,6 +299,21 @@ mod tests {
         // in al, dx (EC)
         let io = io_at(16, &[0xec], 0, 0x3f8, 1, true, 0x3f8).expect("in");
         assert_eq!((io.len, io.string, io.immediate), (1, false, false));
+    }
+
+    #[test]
+    fn opcode_table_agrees_with_the_decoder() {
+        let cases: &[(u32, &[u8])] = &[
+            (16, &[0xee]), (16, &[0xec]), (16, &[0xe6, 0x80]), (16, &[0x66, 0xe7, 0x80]), (32, &[0xe7, 0x80]),
+            (32, &[0x66, 0xed]), (16, &[0xf3, 0x6e]), (32, &[0xf3, 0x6d]), (64, &[0xf3, 0x48, 0x6f]),
+            (64, &[0x66, 0xef]), (16, &[0x2e, 0xf3, 0x6f]), (64, &[0xe5, 0x71]),
+        ];
+        for &(bitness, bytes) in cases {
+            let decoder = decode_one(bitness, bytes, 0).and_then(|i| io_insn(&i));
+            assert_eq!(io_opcode_at(bitness, bytes), decoder, "{bytes:x?} in {bitness}-bit code");
+        }
+        assert_eq!(io_opcode_at(16, &[0x90]), None);
+        assert_eq!(io_opcode_at(16, &[0xe6]), None); // imm8 missing
     }
 
     #[test]

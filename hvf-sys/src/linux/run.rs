@@ -271,7 +271,6 @@ fn restore(st: &mut VcpuState, snap: &Snapshot, rip: u64) {
     sync.regs.rip = rip;
     let sregs_changed = bytes_of(&sync.sregs) != bytes_of(&snap.sregs);
     let events_changed = bytes_of(&sync.events) != bytes_of(&snap.events);
-    if std::env::var_os("HVF_DBG").is_some() { eprintln!("restore: sregs {sregs_changed} events {events_changed}"); }
     if sregs_changed {
         sync.sregs = snap.sregs;
     }
@@ -310,7 +309,7 @@ fn io_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_retu
     let bitness = snap.bitness();
     let dx = snap.regs.rdx as u16;
     let forward = read_forward(vm, st, &snap, snap.regs.rip);
-    let at_rip = decode::io_at(bitness, &forward, snap.regs.rip, port, size, is_in, dx);
+    let at_rip = decode::io_at_fast(bitness, &forward, snap.regs.rip, port, size, is_in, dx);
     let (start, insn) = if (1..=decode::MAX_INSN_LEN as u64).contains(&moved) {
         // RIP was at the instruction and completing it moved RIP past it.
         let insn = at_rip.unwrap_or(IoInsn { len: 0, is_in, size, string: false, rep: false, immediate: false, port_imm: None });

@@ -95,10 +95,18 @@ impl VcpuState {
     }
 }
 
+thread_local! {
+    /// The thread id, asked of the kernel once per thread: every vCPU call checks it,
+    /// and a system call per check is measurable (several per exit).
+    static TID: i32 = {
+        // SAFETY: gettid has no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    };
+}
+
 /// The current thread's kernel thread id.
 pub fn gettid() -> i32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    TID.with(|tid| *tid)
 }
 
 /// hv_vcpu_create.

@@ -88,10 +88,8 @@ pub fn string_io(ctx: &mut ExitContext, q: IoQualification) -> Result<Action, Hv
     let mut fault = None;
     while remaining > 0 && rounds < emulate::MAX_REP_ITERATIONS {
         let offset = cpu.gprs[index_reg] & address_mask;
-        let mut linear = cpu.seg_base[segment as usize].wrapping_add(offset);
-        if cpu.mode() != emulate::CpuMode::Long64 {
-            linear &= 0xffff_ffff;
-        }
+        // In 64-bit mode only FS/GS bases apply; elsewhere linear addresses wrap at 4 GiB.
+        let linear = cpu.linear(segment, offset);
         let mut data = [0u8; 4];
         let result = if q.is_in {
             ctx.machine.pio.read(q.port as u64, &mut data[..size]);
@@ -194,7 +192,7 @@ impl GuestBus for MachineBus<'_> {
 
     fn cmpxchg_ram(&mut self, gpa: u64, old: &[u8], new: &[u8]) -> Result<bool, OutsideRam> {
         let len = old.len() as u64;
-        let aligned = (len == 4 || len == 8) && new.len() == old.len() && gpa % len == 0;
+        let aligned = (len == 4 || len == 8) && new.len() == old.len() && gpa.is_multiple_of(len);
         if !aligned || !self.machine.ram.contains(gpa, len) {
             return Err(OutsideRam { gpa });
         }

@@ -1,0 +1,21 @@
+//! The interface between interrupt controllers and the vCPUs that take their interrupts.
+use std::time::Instant;
+
+/// One vCPU's view of its interrupt controller (its local APIC, or a test's vector latch).
+pub trait LocalInterrupts: Send + Sync {
+    /// The highest-priority vector waiting for delivery.
+    fn pending(&self) -> Option<u8>;
+    /// The vCPU has injected `vector`.
+    fn acknowledge(&self, vector: u8);
+    /// When this vCPU's next timer fires, so that HLT sleeps no longer than that.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// Raises the interrupts of timers that are due at `now`.
+    fn poll_timers(&self, _now: Instant) {}
+}
+
+/// Gets a vCPU to look at its pending interrupts: out of HLT, or out of the guest.
+pub trait Kick: Send + Sync {
+    fn kick(&self);
+}
