@@ -41,6 +41,42 @@ pub fn vm_lock() -> MutexGuard<'static, ()> {
     VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+// --- logging ------------------------------------------------------------------------
+
+/// Prints the log records of hvrun and the Linux layer to stderr: warnings and errors
+/// by default, more with RUST_LOG=info|debug|trace (passed through by the sandbox).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("[{} {}] {}", record.level(), record.target(), record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs [`StderrLogger`] once per process.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let level = match std::env::var("RUST_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+            "off" => log::LevelFilter::Off,
+            "error" => log::LevelFilter::Error,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => log::LevelFilter::Warn,
+        };
+        if log::set_logger(&StderrLogger).is_ok() {
+            log::set_max_level(level);
+        }
+    });
+}
+
 // --- guest memory layout (the same in every mode) -----------------------------------
 
 /// 512 KiB of RAM: everything from 0x80000 up is unbacked, so MMIO.
@@ -516,6 +552,7 @@ impl TestMachine {
     }
 
     pub fn with_ram(mode: Mode, ram: u64) -> Self {
+        init_logging();
         let lock = vm_lock();
         let stopper = Stopper::new();
         let mut vm = Vm::new(ram, CpuidPolicy::new(1, false), stopper.clone()).unwrap_or_else(|e| panic!("Vm::new: {e}"));

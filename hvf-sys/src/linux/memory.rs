@@ -36,7 +36,7 @@ pub struct MemoryMap {
 }
 
 fn aligned(value: u64) -> bool {
-    value % PAGE_SIZE == 0
+    value.is_multiple_of(PAGE_SIZE)
 }
 
 /// Checks the page alignment HVF requires of addresses and sizes.

@@ -202,7 +202,7 @@ fn complete(vcpu: &Vcpu, st: &mut VcpuState) -> Result<Completion, hv_return_t> 
         let run = st.fd.get_kvm_run();
         // SAFETY (union reads here and below): exit_reason says which member is valid.
         (run.exit_reason == KVM_EXIT_MMIO && unsafe { run.__bindgen_anon_1.mmio.is_write } == 0)
-            .then(|| unsafe { run.__bindgen_anon_1.mmio.phys_addr })
+            .then_some(unsafe { run.__bindgen_anon_1.mmio.phys_addr })
     };
     for _ in 0..MAX_COMPLETION_ROUNDS {
         {

@@ -36,7 +36,7 @@ pub fn segment_field(field: u32) -> Option<(usize, SegmentPart)> {
         (VMCS_GUEST_ES_BASE, SegmentPart::Base),
     ];
     for (first, part) in table {
-        if field >= first && field < first + 2 * SEGMENT_COUNT as u32 && (field - first) % 2 == 0 {
+        if field >= first && field < first + 2 * SEGMENT_COUNT as u32 && (field - first).is_multiple_of(2) {
             return Some((((field - first) / 2) as usize, part));
         }
     }
