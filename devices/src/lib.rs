@@ -1,4 +1,12 @@
 //! hvrun's platform devices and the buses that route guest accesses to them.
+pub mod apic_bus;
 pub mod bus;
+pub mod escape;
+pub mod i8042;
+pub mod ioapic;
 pub mod irq;
+pub mod lapic;
+pub mod output;
 pub mod power;
+pub mod serial;
+pub mod tsc;
