@@ -62,6 +62,7 @@ fn hlt_woken_by_interrupt(mode: Mode) {
     t.irq.raise(VECTOR);
     let reason = t.wait_with_timeout(DEFAULT_TIMEOUT);
     t.check(&reason, GOOD, &[Access::report(0x4a10_0001), Access::report(HANDLER_TAG | 1), Access::report(0x4a10_0002)]);
+    eprintln!("{mode:?}: while halted the process used {cpu:?} of CPU in {wall:?}");
     assert!(cpu < wall / 2, "a halted vCPU must sleep: the process used {cpu:?} of CPU in {wall:?}");
 }
 

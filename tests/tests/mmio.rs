@@ -1,8 +1,8 @@
 //! MMIO through hvrun's EPT-violation handler (reason 48) and instruction emulator:
 //! reads, writes and read-modify-writes of 8/16/32/64 bits in the addressing modes of
 //! each CPU mode, sign/zero extension, the flags of `add`/`or`/`test`/`cmp` on MMIO
-//! operands (checked by conditional jumps and by the flags read back), and string
-//! instructions between MMIO and RAM.
+//! operands (checked by conditional jumps and by the flags read back), and (separate
+//! tests) string instructions between MMIO and RAM.
 //!
 //! The device is a register file (see `registers`); every access is recorded and the
 //! whole sequence is compared, so a wrong size, address or value, a missing or doubled
@@ -86,8 +86,8 @@ impl AsmRegister32or64 {
 /// in the PCI hole, `mov ecx,[disp32]` (absolute, SIB without base), `mov edx,[rip+x]`.
 /// Writes: dword immediate, word, byte register, qword `[rbx+rsi*4+0x28]`, byte
 /// immediate, absolute disp32, moffs64. RMW: `or byte [rbx+0x44],0x80`, `add [rip+x],ecx`
-/// with the flags read back and a `jc`. Then test/cmp + conditional jumps, `rep stosd`
-/// into MMIO, `movsb` MMIO->RAM, `rep movsb` RAM->MMIO; each result reported.
+/// with the flags read back and a `jc`. Then test/cmp + conditional jumps; each result
+/// reported.
 fn long_mode_guest() -> AsmResult<Guest> {
     let mut g = Guest::new(Mode::Long);
     g.a.mov(ebx, B as u32)?;
@@ -163,37 +163,6 @@ fn long_mode_guest() -> AsmResult<Guest> {
 
     flags_and_compares(&mut g, AsmRegister32or64::R(rbx))?;
 
-    // --- string instructions
-    g.a.cld()?;
-    g.a.mov(edi, B as u32 + 0x80)?;
-    g.a.mov(ecx, 4u32)?;
-    g.a.mov(eax, 0xa5a5_a5a5u32)?;
-    g.a.rep().stosd()?;
-    for i in 0..4 {
-        g.expect(Access::mw(B + 0x80 + 4 * i, 4, 0xa5a5_a5a5));
-    }
-    g.report(edi, B as u32 + 0x90)?;
-    g.report(ecx, 0)?;
-    // MMIO -> RAM.
-    g.a.mov(esi, B as u32)?;
-    g.a.mov(edi, DATA as u32)?;
-    g.a.movsb()?;
-    g.expect(Access::mr(B, 1, 0x44));
-    g.a.movzx(eax, byte_ptr(DATA))?;
-    g.report_eax(0x44)?;
-    g.report(esi, B as u32 + 1)?;
-    // RAM -> MMIO.
-    g.a.mov(esi, DATA as u32 + 0x10)?;
-    g.a.mov(edi, B as u32 + 0xa0)?;
-    g.a.mov(ecx, 3u32)?;
-    g.a.rep().movsb()?;
-    for (i, v) in RAM_SOURCE.iter().enumerate() {
-        g.expect(Access::mw(B + 0xa0 + i as u64, 1, *v as u64));
-    }
-    g.report(esi, DATA as u32 + 0x13)?;
-    g.report(edi, B as u32 + 0xa3)?;
-    g.report(ecx, 0)?;
-
     g.exit(GOOD)?;
     Ok(g)
 }
@@ -267,35 +236,6 @@ fn protected_mode_guest() -> AsmResult<Guest> {
 
     flags_and_compares(&mut g, AsmRegister32or64::E(ebx))?;
 
-    // --- string instructions
-    g.a.cld()?;
-    g.a.mov(edi, B as u32 + 0x80)?;
-    g.a.mov(ecx, 4u32)?;
-    g.a.mov(eax, 0xa5a5_a5a5u32)?;
-    g.a.rep().stosd()?;
-    for i in 0..4 {
-        g.expect(Access::mw(B + 0x80 + 4 * i, 4, 0xa5a5_a5a5));
-    }
-    g.report(edi, B as u32 + 0x90)?;
-    g.report(ecx, 0)?;
-    g.a.mov(esi, B as u32)?;
-    g.a.mov(edi, DATA as u32)?;
-    g.a.movsb()?;
-    g.expect(Access::mr(B, 1, 0x44));
-    g.a.movzx(eax, byte_ptr(DATA))?;
-    g.report_eax(0x44)?;
-    g.report(esi, B as u32 + 1)?;
-    g.a.mov(esi, DATA as u32 + 0x10)?;
-    g.a.mov(edi, B as u32 + 0xa0)?;
-    g.a.mov(ecx, 3u32)?;
-    g.a.rep().movsb()?;
-    for (i, v) in RAM_SOURCE.iter().enumerate() {
-        g.expect(Access::mw(B + 0xa0 + i as u64, 1, *v as u64));
-    }
-    g.report(esi, DATA as u32 + 0x13)?;
-    g.report(edi, B as u32 + 0xa3)?;
-    g.report(ecx, 0)?;
-
     g.exit(GOOD)?;
     Ok(g)
 }
@@ -304,8 +244,7 @@ fn protected_mode_guest() -> AsmResult<Guest> {
 /// BX = 0, SI = 2, DI = 4, BP = 8: `[bx]`, `es:[bp+di]` (an override: BP defaults to
 /// SS), `[si+disp8]`, `[bx+si+disp8]`, `[bx+di+disp8]`, moffs16 and disp16 absolute
 /// forms, 32-bit operands through the 0x66 prefix; the same writes, RMWs and compares as
-/// the other modes; `rep stosd` with ES:DI in MMIO; `movsb` with DS:SI in MMIO and ES:DI
-/// in RAM, then `rep movsb` the other way round (segments swapped).
+/// the other modes.
 fn real_mode_guest() -> AsmResult<Guest> {
     let mut g = Guest::new(Mode::Real);
     g.a.mov(ax, (B >> 4) as u32)?;
@@ -386,49 +325,84 @@ fn real_mode_guest() -> AsmResult<Guest> {
     g.expect(Access::mr(B + 0x4c, 4, 0x1234_5678));
     g.report_flags(ARITH_FLAGS, 0)?;
 
-    // --- string instructions (16-bit addressing: SI, DI, CX)
+    g.exit(GOOD)?;
+    Ok(g)
+}
+
+/// String stores into MMIO: `rep stosd` of 4 dwords at B+0x80, then `rep movsb` of
+/// RAM_SOURCE from RAM (DATA+0x10) to B+0xa0; reports the index and count registers
+/// after each (in real mode ES = 0xd000 for the MMIO side, DS = 0 for RAM); exits GOOD.
+fn string_store_guest(mode: Mode) -> AsmResult<Guest> {
+    let mut g = Guest::new(mode);
+    // The MMIO side as (segment base, offset) seen from the guest.
+    let off = if mode == Mode::Real {
+        g.a.mov(ax, (B >> 4) as u32)?;
+        g.a.mov(es, ax)?;
+        0
+    } else {
+        B as u32
+    };
     g.a.cld()?;
-    g.a.mov(edi, 0x80u32)?;
+    g.a.mov(edi, off + 0x80)?;
     g.a.mov(ecx, 4u32)?;
     g.a.mov(eax, 0xa5a5_a5a5u32)?;
     g.a.rep().stosd()?;
     for i in 0..4 {
         g.expect(Access::mw(B + 0x80 + 4 * i, 4, 0xa5a5_a5a5));
     }
-    g.report(edi, 0x90)?;
+    g.report(edi, off + 0x90)?;
     g.report(ecx, 0)?;
-    // MMIO (DS:SI) -> RAM (ES:DI).
-    g.a.xor(eax, eax)?;
-    g.a.mov(es, ax)?;
-    g.a.xor(esi, esi)?;
-    g.a.mov(edi, DATA as u32)?;
-    g.a.movsb()?;
-    g.expect(Access::mr(B, 1, 0x44));
-    g.a.movzx(eax, byte_ptr(DATA).es())?;
-    g.report_eax(0x44)?;
-    g.report(esi, 1)?;
-    // RAM (DS:SI) -> MMIO (ES:DI).
-    g.a.xor(eax, eax)?;
-    g.a.mov(ds, ax)?;
-    g.a.mov(ax, (B >> 4) as u32)?;
-    g.a.mov(es, ax)?;
     g.a.mov(esi, DATA as u32 + 0x10)?;
-    g.a.mov(edi, 0xa0u32)?;
+    g.a.mov(edi, off + 0xa0)?;
     g.a.mov(ecx, 3u32)?;
     g.a.rep().movsb()?;
     for (i, v) in RAM_SOURCE.iter().enumerate() {
         g.expect(Access::mw(B + 0xa0 + i as u64, 1, *v as u64));
     }
     g.report(esi, DATA as u32 + 0x13)?;
-    g.report(edi, 0xa3)?;
+    g.report(edi, off + 0xa3)?;
     g.report(ecx, 0)?;
-
     g.exit(GOOD)?;
     Ok(g)
 }
 
-fn mmio(mode: Mode) {
-    let mut t = TestMachine::new(mode);
+/// A string load from MMIO: `movsb` from B (the byte 0x44) to RAM at DATA, then
+/// `rep movsb` of 3 bytes from B+0x10 to DATA+1; reports the byte(s) stored and the
+/// index registers (in real mode DS = 0xd000 for the MMIO side, ES = 0 for RAM); exits GOOD.
+fn string_load_guest(mode: Mode) -> AsmResult<Guest> {
+    let mut g = Guest::new(mode);
+    let off = if mode == Mode::Real {
+        g.a.mov(ax, (B >> 4) as u32)?;
+        g.a.mov(ds, ax)?;
+        0
+    } else {
+        B as u32
+    };
+    g.a.cld()?;
+    g.a.mov(esi, off)?;
+    g.a.mov(edi, DATA as u32)?;
+    g.a.movsb()?;
+    g.expect(Access::mr(B, 1, 0x44));
+    g.report(esi, off + 1)?;
+    g.report(edi, DATA as u32 + 1)?;
+    g.a.mov(esi, off + 0x10)?;
+    g.a.mov(ecx, 3u32)?;
+    g.a.rep().movsb()?;
+    for (i, v) in [0x85u64, 0, 0x01].iter().enumerate() {
+        g.expect(Access::mr(B + 0x10 + i as u64, 1, *v));
+    }
+    g.report(esi, off + 0x13)?;
+    g.report(edi, DATA as u32 + 4)?;
+    g.report(ecx, 0)?;
+    // DATA holds 44 85 00 01 now (read through ES in real mode: ES = 0).
+    let data = if mode == Mode::Real { dword_ptr(DATA).es() } else { dword_ptr(DATA) };
+    g.a.mov(eax, data)?;
+    g.report_eax(0x0100_8544)?;
+    g.exit(GOOD)?;
+    Ok(g)
+}
+
+fn mmio_device(t: &mut TestMachine) -> std::sync::Arc<Recorder> {
     let low = t.recorder_mmio(MMIO_LOW, MMIO_LEN);
     let high = t.recorder_mmio(MMIO_HIGH, MMIO_LEN);
     for (offset, bytes) in registers() {
@@ -436,6 +410,21 @@ fn mmio(mode: Mode) {
         high.set(offset, &bytes);
     }
     t.load(DATA + 0x10, &RAM_SOURCE);
+    low
+}
+
+fn run_guest(mode: Mode, guest: fn(Mode) -> AsmResult<Guest>) {
+    let mut t = TestMachine::new(mode);
+    mmio_device(&mut t);
+    let mut g = guest(mode).unwrap();
+    t.load_guest(&mut g);
+    let reason = t.run();
+    t.check(&reason, GOOD, &g.expected);
+}
+
+fn mmio(mode: Mode) {
+    let mut t = TestMachine::new(mode);
+    let low = mmio_device(&mut t);
     let mut g = match mode {
         Mode::Real => real_mode_guest(),
         Mode::Protected => protected_mode_guest(),
@@ -461,4 +450,34 @@ fn mmio_protected_mode() {
 #[test]
 fn mmio_long_mode() {
     mmio(Mode::Long);
+}
+
+#[test]
+fn mmio_string_store_real_mode() {
+    run_guest(Mode::Real, string_store_guest);
+}
+
+#[test]
+fn mmio_string_store_protected_mode() {
+    run_guest(Mode::Protected, string_store_guest);
+}
+
+#[test]
+fn mmio_string_store_long_mode() {
+    run_guest(Mode::Long, string_store_guest);
+}
+
+#[test]
+fn mmio_string_load_real_mode() {
+    run_guest(Mode::Real, string_load_guest);
+}
+
+#[test]
+fn mmio_string_load_protected_mode() {
+    run_guest(Mode::Protected, string_load_guest);
+}
+
+#[test]
+fn mmio_string_load_long_mode() {
+    run_guest(Mode::Long, string_load_guest);
 }
