@@ -202,10 +202,17 @@ fn check_devices(devices: &[VirtioMmioDevice]) -> Result<(), BootError> {
     Ok(())
 }
 
-fn check_memory<M: GuestMemoryBackend>(mem: &M, mem_size: u64) -> Result<(), BootError> {
+/// Whether hvrun boots Linux with `mem_size` bytes of RAM: a multiple of 4 KiB in
+/// [`MIN_MEM_SIZE`]..=[`MAX_MEM_SIZE`]. Checked before any memory is allocated.
+pub fn check_mem_size(mem_size: u64) -> Result<(), BootError> {
     if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&mem_size) || mem_size & (PAGE_SIZE - 1) != 0 {
         return Err(BootError::MemorySize(mem_size));
     }
+    Ok(())
+}
+
+fn check_memory<M: GuestMemoryBackend>(mem: &M, mem_size: u64) -> Result<(), BootError> {
+    check_mem_size(mem_size)?;
     for (start, len) in vmm::memory::ram_ranges(mem_size) {
         let covered = usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(start), len));
         if !covered {

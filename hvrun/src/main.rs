@@ -1,9 +1,138 @@
-//! The `hvrun` command. Booting a Linux kernel (`hvrun bzImage initrd`) is being built:
-//! the VT-x core (crates hvf-sys and vmm) runs guests today through the tests; the boot
-//! loader, platform devices and this command's options come next.
+//! `hvrun [OPTIONS] <KERNEL> [INITRD]`: boots a Linux kernel to its serial console.
+mod console;
+mod platform;
+mod size;
+mod terminal;
+
+use clap::Parser;
+use devices::power::PowerEvent;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use vmm::machine::{StopReason, Stopper};
+
+/// The kernel command line unless --cmdline replaces it: the console on COM1.
+const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// Exit statuses (also in README.md).
+mod status {
+    /// The guest powered off.
+    pub const POWER_OFF: u8 = 0;
+    /// hvrun could not start the guest: bad arguments, files, sizes, or no hypervisor.
+    pub const ERROR: u8 = 1;
+    /// The guest rebooted (reset register, i8042 reset, or a panic with panic=-1).
+    pub const REBOOT: u8 = 3;
+    /// The guest crashed the virtual CPU: triple fault, invalid state, or an instruction
+    /// hvrun cannot emulate. The dump is printed.
+    pub const CRASH: u8 = 4;
+    /// Stopped from the host: Ctrl-A x, SIGINT or SIGTERM.
+    pub const HOST: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Boot a Linux kernel on Hypervisor.framework's raw VT-x API (on Linux: over KVM).",
+    after_help = "Examples:\n  hvrun bzImage initrd.cpio.gz\n  hvrun --mem 2G --append 'quiet' bzImage initrd.cpio.gz\n  hvrun --exit-stats --cmdline 'console=ttyS0 acpi=off' vmlinux\n\nThe console is COM1 on your terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.\nExit status: 0 guest powered off, 1 error, 2 bad usage, 3 guest rebooted (or panicked with panic=-1), 4 guest crashed, 130 stopped from the host."
+)]
+struct Args {
+    /// The kernel: a bzImage or an uncompressed ELF vmlinux.
+    kernel: PathBuf,
+    /// An initramfs for the kernel.
+    initrd: Option<PathBuf>,
+    /// Guest memory, e.g. 512M or 2G (128M to 256G).
+    #[arg(long, default_value = "512M", value_parser = size::parse_size)]
+    mem: u64,
+    /// The whole kernel command line, replacing the default ("console=ttyS0").
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Words added to the end of the kernel command line.
+    #[arg(long)]
+    append: Option<String>,
+    /// Print every VM exit as it happens (reason, RIP, decoded qualification).
+    #[arg(long)]
+    trace_exits: bool,
+    /// Print a histogram of VM exits by reason when the guest stops.
+    #[arg(long)]
+    exit_stats: bool,
+    /// Log level: error, warn, info, debug, trace (RUST_LOG also works).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
 
 fn main() -> ExitCode {
-    eprintln!("hvrun: booting a kernel is not available yet: this build has the VT-x core only (see README.md)");
-    ExitCode::from(2)
+    let args = Args::parse();
+    env_logger::Builder::new().parse_filters(&args.log_level).parse_default_env().init();
+    vmm::trace::set_tracing(args.trace_exits);
+    vmm::trace::set_stats(args.exit_stats);
+
+    let mut cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    if let Some(extra) = &args.append {
+        cmdline = format!("{cmdline} {extra}");
+    }
+    let config = platform::Config { kernel: &args.kernel, initrd: args.initrd.as_deref(), mem_size: args.mem, cmdline };
+
+    let stopper = Stopper::new();
+    stop_on_signals(stopper.clone());
+    let running = match platform::start(&config, stopper.clone()) {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("hvrun: {e}");
+            return ExitCode::from(status::ERROR);
+        }
+    };
+    let raw = terminal::enter_raw_mode();
+    let _restore = terminal::RawModeGuard;
+    let quit = stopper.clone();
+    console::spawn_input(running.serial.clone(), move || quit.stop(StopReason::Host));
+
+    let platform::Running { mut vm, output, lapic, .. } = running;
+    let reason = vm.wait();
+    lapic.stop_timer_thread();
+    output.drain(Duration::from_secs(2));
+    terminal::restore_now();
+    if raw {
+        // The guest's last line may lack a newline; start ours on a fresh line.
+        eprintln!();
+    }
+    if args.exit_stats {
+        eprintln!("{}", vm.machine().stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    let code = match &reason {
+        StopReason::Power(PowerEvent::PowerOff) => status::POWER_OFF,
+        StopReason::Power(PowerEvent::Reset) => status::REBOOT,
+        StopReason::Power(PowerEvent::Exit(code)) => *code as u8,
+        StopReason::Host => status::HOST,
+        StopReason::TripleFault { .. } | StopReason::EntryFailed { .. } | StopReason::Fatal { .. } => status::CRASH,
+    };
+    if code != status::POWER_OFF {
+        eprintln!("hvrun: {reason}");
+    }
+    ExitCode::from(code)
+}
+
+/// SIGINT and SIGTERM stop the machine cleanly (the terminal is restored on the way out):
+/// they are blocked in every thread and taken by one thread with sigwait.
+fn stop_on_signals(stopper: Arc<Stopper>) {
+    // SAFETY: plain signal-set manipulation; done before any other thread starts, so
+    // every thread inherits the mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut signal = 0;
+        // SAFETY: `set` is initialised; sigwait writes the signal number.
+        if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+            stopper.stop(StopReason::Host);
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("SIGINT/SIGTERM will not stop hvrun cleanly: {e}");
+    }
 }

@@ -638,7 +638,7 @@ impl TestMachine {
     pub fn start(&mut self) {
         assert!(!self.started, "started twice");
         self.started = true;
-        let config = VcpuConfig { index: 0, entry: self.entry.clone(), irq: self.irq.clone(), waker: self.waker.clone() };
+        let config = VcpuConfig { index: 0, entry: self.entry.clone(), irq: self.irq.clone(), waker: self.waker.clone(), lapic: None };
         self.vm.start_vcpu(config).unwrap_or_else(|e| panic!("start_vcpu: {e}"));
     }
 

@@ -39,6 +39,10 @@ pub struct CpuidPolicy {
     pub vcpus: u32,
     /// Whether the machine has a local APIC (APIC, x2APIC and TSC-deadline bits).
     pub lapic: bool,
+    /// Whether the guest is offered kvmclock (KVM's hypervisor leaves).
+    pub kvmclock: bool,
+    /// The guest TSC rate, for the timing leaf 0x4000_0010.
+    pub tsc_hz: u64,
 }
 
 /// The hypervisor leaves' vendor signature (0x4000_0000): "hvrunhvrunhv".
@@ -48,25 +52,39 @@ const HYPERVISOR_SIGNATURE: [u32; 3] = [
     u32::from_le_bytes(*b"unhv"),
 ];
 
+/// "KVMKVMKVM\0\0\0": what Linux looks for before using kvmclock.
+const KVM_SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"KVMK"),
+    u32::from_le_bytes(*b"VMKV"),
+    u32::from_le_bytes(*b"M\0\0\0"),
+];
+
 impl CpuidPolicy {
     pub fn new(vcpus: u32, lapic: bool) -> Self {
-        CpuidPolicy { vcpus, lapic }
+        CpuidPolicy { vcpus, lapic, kvmclock: false, tsc_hz: 0 }
+    }
+
+    /// Offers kvmclock: the hypervisor leaves say "KVMKVMKVM" with only the clock
+    /// features, and leaf 0x4000_0010 gives the TSC and APIC-timer rates in kHz.
+    pub fn with_kvmclock(self, tsc_hz: u64) -> Self {
+        CpuidPolicy { kvmclock: true, tsc_hz, ..self }
     }
 
     /// EAX, EBX, ECX, EDX of `leaf`.`subleaf` on vCPU `index`.
     pub fn leaf(&self, index: u32, leaf: u32, subleaf: u32) -> [u32; 4] {
         use bits::*;
         if (0x4000_0000..0x4000_0100).contains(&leaf) {
-            return match leaf {
-                0x4000_0000 => [0x4000_0000, HYPERVISOR_SIGNATURE[0], HYPERVISOR_SIGNATURE[1], HYPERVISOR_SIGNATURE[2]],
-                _ => [0; 4],
-            };
+            return self.hypervisor_leaf(leaf);
         }
         let [mut a, mut b, mut c, mut d] = host_cpuid(leaf, subleaf);
         match leaf {
             1 => {
                 c &= !(ECX1_MONITOR | ECX1_VMX | ECX1_SMX | ECX1_EST | ECX1_TM2 | ECX1_PDCM | ECX1_DCA | ECX1_OSXSAVE);
-                if !self.lapic {
+                if self.lapic {
+                    // hvrun's LAPIC provides both, whatever the host has.
+                    c |= ECX1_X2APIC | ECX1_TSC_DEADLINE;
+                    d |= EDX1_APIC;
+                } else {
                     c &= !(ECX1_X2APIC | ECX1_TSC_DEADLINE);
                     d &= !EDX1_APIC;
                 }
@@ -97,6 +115,25 @@ impl CpuidPolicy {
             _ => {}
         }
         [a, b, c, d]
+    }
+
+    /// The hypervisor leaves. With kvmclock they follow KVM's ABI (Linux's
+    /// Documentation/virt/kvm/x86/cpuid.rst) and advertise nothing hvrun does not implement.
+    fn hypervisor_leaf(&self, leaf: u32) -> [u32; 4] {
+        use crate::kvmclock::{FEATURE_CLOCKSOURCE2, FEATURE_CLOCKSOURCE_STABLE};
+        if !self.kvmclock {
+            return match leaf {
+                0x4000_0000 => [0x4000_0000, HYPERVISOR_SIGNATURE[0], HYPERVISOR_SIGNATURE[1], HYPERVISOR_SIGNATURE[2]],
+                _ => [0; 4],
+            };
+        }
+        match leaf {
+            0x4000_0000 => [0x4000_0010, KVM_SIGNATURE[0], KVM_SIGNATURE[1], KVM_SIGNATURE[2]],
+            0x4000_0001 => [FEATURE_CLOCKSOURCE2 | FEATURE_CLOCKSOURCE_STABLE, 0, 0, 0],
+            // TSC and APIC-bus frequencies in kHz (the VMware-style timing leaf).
+            0x4000_0010 => [(self.tsc_hz / 1000) as u32, (devices::lapic::APIC_BUS_HZ / 1000) as u32, 0, 0],
+            _ => [0; 4],
+        }
     }
 
     /// XCR0 bits a guest may enable: those the host reports in leaf 0xD.
@@ -132,8 +169,20 @@ mod tests {
     }
 
     #[test]
-    fn a_machine_with_a_lapic_keeps_the_apic_bit() {
-        let host_apic = host_cpuid(1, 0)[3] & bits::EDX1_APIC;
-        assert_eq!(CpuidPolicy::new(1, true).leaf(0, 1, 0)[3] & bits::EDX1_APIC, host_apic);
+    fn a_machine_with_a_lapic_shows_it_with_x2apic_and_tsc_deadline() {
+        let [_, _, c, d] = CpuidPolicy::new(1, true).leaf(0, 1, 0);
+        assert_ne!(d & bits::EDX1_APIC, 0);
+        assert_eq!(c & (bits::ECX1_X2APIC | bits::ECX1_TSC_DEADLINE), bits::ECX1_X2APIC | bits::ECX1_TSC_DEADLINE);
+    }
+
+    #[test]
+    fn kvmclock_leaves() {
+        let p = CpuidPolicy::new(1, true).with_kvmclock(2_500_000_000);
+        let [max, b, c, d] = p.leaf(0, 0x4000_0000, 0);
+        assert_eq!(max, 0x4000_0010);
+        let sig: Vec<u8> = [b, c, d].iter().flat_map(|r| r.to_le_bytes()).collect();
+        assert_eq!(&sig, b"KVMKVMKVM\0\0\0");
+        assert_eq!(p.leaf(0, 0x4000_0001, 0), [(1 << 3) | (1 << 24), 0, 0, 0]);
+        assert_eq!(p.leaf(0, 0x4000_0010, 0)[..2], [2_500_000, 1_000_000]);
     }
 }

@@ -1,5 +1,6 @@
 //! hvrun's VT-x core: the VM and its vCPUs, the run loop, one handler per exit reason,
 //! instruction emulation, and the CPUID/MSR policy the guest sees.
+pub mod clock;
 pub mod controls;
 pub mod cpuid;
 pub mod emulate;
@@ -7,6 +8,7 @@ pub mod entry;
 pub mod exit;
 pub mod inject;
 pub mod irq;
+pub mod kvmclock;
 pub mod machine;
 pub mod memory;
 pub mod msr;

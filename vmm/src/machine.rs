@@ -1,5 +1,6 @@
 //! The machine the vCPUs share: RAM, the port and MMIO buses, the CPUID policy, and how
 //! it stops.
+use crate::clock::GuestClock;
 use crate::cpuid::CpuidPolicy;
 use crate::irq::Waker;
 use crate::memory::GuestRam;
@@ -89,6 +90,7 @@ pub struct Machine {
     pub pio: Bus,
     pub mmio: Bus,
     pub cpuid: CpuidPolicy,
+    pub clock: GuestClock,
     pub stopper: Arc<Stopper>,
     /// Exit counts and times of the vCPUs that have finished.
     pub stats: Mutex<ExitStats>,

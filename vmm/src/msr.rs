@@ -81,6 +81,15 @@ pub fn pat_valid(value: u64) -> bool {
 }
 
 impl MsrState {
+    /// The last value the guest wrote to a kvmclock MSR.
+    pub fn kvmclock(&self, msr: u32) -> u64 {
+        self.stored.get(&msr).copied().unwrap_or(0)
+    }
+
+    pub fn set_kvmclock(&mut self, msr: u32, value: u64) {
+        self.stored.insert(msr, value);
+    }
+
     /// RDMSR `msr` on a vCPU that `is_bsp` or not.
     pub fn read(&self, msr: u32, is_bsp: bool) -> MsrAnswer {
         use MsrAnswer::*;

@@ -18,6 +18,7 @@ use crate::irq::{LocalInterrupts, Waker};
 use crate::machine::{Machine, StopReason};
 use crate::regs::{HvVcpu, VcpuRegs};
 use crate::trace::{self, ExitStats};
+use devices::lapic::Lapic;
 use hvf_sys::vmcs::*;
 use hvf_sys::*;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct VcpuConfig {
     pub entry: EntryState,
     pub irq: Arc<dyn LocalInterrupts>,
     pub waker: Arc<Waker>,
+    /// The vCPU's local APIC, when the machine has one: its page at 0xfee00000 and its
+    /// MSRs belong to this vCPU alone. (`irq` is then the same APIC.)
+    pub lapic: Option<Arc<Lapic>>,
 }
 
 /// The body of a vCPU thread. Whatever ends it is reported to the machine's stopper.
@@ -56,6 +60,7 @@ fn fatal(message: String, dump: String) -> StopReason {
 /// Controls, the entry state, native MSRs and (on Linux) the CPUID table.
 fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<(), HvError> {
     controls.write(vcpu)?;
+    vcpu.write_vmcs(VMCS_CTRL_TSC_OFFSET, machine.clock.tsc_offset)?;
     config.entry.write(vcpu, controls)?;
     for &msr in crate::msr::NATIVE_MSRS {
         // SAFETY: plain values, on the owning thread.
@@ -72,7 +77,7 @@ fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &Vcp
 }
 
 fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<(), HvError> {
-    let mut state = VcpuState { index: config.index, ..Default::default() };
+    let mut state = VcpuState { index: config.index, lapic: config.lapic.clone(), ..Default::default() };
     let mut window = WindowControl::new(controls.proc);
     let mut stats = ExitStats::default();
     while !machine.stopper.stopping() {

@@ -1,5 +1,6 @@
 //! The VM: `hv_vm_create`, guest RAM mapped in, the controls every vCPU gets, and one
 //! thread per vCPU. Dropping it stops the vCPUs and destroys the VM.
+use crate::clock::{measure_tsc_hz, GuestClock};
 use crate::controls::{Capabilities, Controls, MissingControl};
 use crate::cpuid::CpuidPolicy;
 use crate::machine::{Machine, StopReason, Stopper};
@@ -42,15 +43,21 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM with `mem_size` bytes of RAM and empty buses.
+    /// Creates the VM with `mem_size` bytes of RAM and empty buses. Its guest TSC starts at
+    /// zero now and ticks at the host TSC rate, measured here.
     pub fn new(mem_size: u64, cpuid: CpuidPolicy, stopper: Arc<Stopper>) -> Result<Vm, VmError> {
+        Self::with_clock(mem_size, cpuid, stopper, GuestClock::start(measure_tsc_hz()))
+    }
+
+    /// `new` with a given clock (the CPUID policy must describe the same TSC rate).
+    pub fn with_clock(mem_size: u64, cpuid: CpuidPolicy, stopper: Arc<Stopper>, clock: GuestClock) -> Result<Vm, VmError> {
         let ram = GuestRam::new(mem_size).map_err(VmError::Memory)?;
         // SAFETY: no arguments beyond the flags.
         HvError::check(unsafe { hv_vm_create(HV_VM_DEFAULT) }).map_err(|e| VmError::Hv("hv_vm_create", e))?;
         let vm = |ram| -> Result<Vm, VmError> {
             let caps = Capabilities::read().map_err(|e| VmError::Hv("hv_vmx_read_capability", e))?;
             let controls = Controls::from_capabilities(&caps).map_err(VmError::Controls)?;
-            let machine = Machine { ram, pio: Bus::new(), mmio: Bus::new(), cpuid, stopper, stats: Mutex::default() };
+            let machine = Machine { ram, pio: Bus::new(), mmio: Bus::new(), cpuid, clock, stopper, stats: Mutex::default() };
             machine.ram.map_into_vm().map_err(VmError::Memory)?;
             Ok(Vm { machine: Arc::new(machine), controls, threads: Vec::new() })
         };

@@ -12,7 +12,7 @@
 //! back as it was at the exit ("complete early, restore, let the VMM emulate", see
 //! /work/shared/design/linux-host.md). Where KVM had already retired the instruction, its
 //! start is found by decoding backwards (`decode.rs`).
-use super::decode::{self, AddressMatch, IoInsn, RegisterFile};
+use super::decode::{self, AddressMatch, IndexRegs, IoInsn, RegisterFile};
 use super::entry_checks::{self, CR0_PE, CR0_PG, EFER_LMA};
 use super::errors::*;
 use super::kick;
@@ -86,6 +86,28 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    fn index_regs(&self) -> IndexRegs {
+        IndexRegs { rsi: self.regs.rsi, rdi: self.regs.rdi, rcx: self.regs.rcx }
+    }
+
+    fn set_index_regs(&mut self, index: IndexRegs) {
+        (self.regs.rsi, self.regs.rdi, self.regs.rcx) = (index.rsi, index.rdi, index.rcx);
+    }
+
+    /// For a string instruction (at the start of `bytes`, at `ip`) whose registers KVM
+    /// had already advanced by the `count` elements it handed out at this exit: puts
+    /// them back as they were before those elements, as VT-x would show them.
+    fn rewind_string(&mut self, bytes: &[u8], ip: u64, count: u64) -> Result<(), hv_return_t> {
+        let Some(string) = decode::string_at(self.bitness(), bytes, ip) else {
+            return Err(instruction_not_found("string I/O", self));
+        };
+        let df = self.regs.rflags & decode::RFLAGS_DF != 0;
+        self.set_index_regs(string.rewind(self.index_regs(), df, count));
+        Ok(())
+    }
+}
+
 impl RegisterFile for Snapshot {
     fn gpr(&self, reg: Register) -> Option<u64> {
         let r = &self.regs;
@@ -105,6 +127,10 @@ impl RegisterFile for Snapshot {
             Register::DS => s.ds.base, Register::FS => s.fs.base, Register::GS => s.gs.base,
             _ => return None,
         })
+    }
+
+    fn rflags(&self) -> u64 {
+        self.regs.rflags
     }
 }
 
@@ -302,7 +328,7 @@ fn instruction_not_found(what: &str, snap: &Snapshot) -> hv_return_t {
 fn io_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_return_t> {
     let io = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.io };
     let (port, size, is_in) = (io.port, io.size, io.direction as u32 == KVM_EXIT_IO_IN);
-    let snap = Snapshot::take(st);
+    let mut snap = Snapshot::take(st);
     complete(vcpu, st)?;
     let after = Snapshot::take(st);
     let moved = after.regs.rip.wrapping_sub(snap.regs.rip);
@@ -310,18 +336,32 @@ fn io_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_retu
     let dx = snap.regs.rdx as u16;
     let forward = read_forward(vm, st, &snap, snap.regs.rip);
     let at_rip = decode::io_at_fast(bitness, &forward, snap.regs.rip, port, size, is_in, dx);
+    let advanced = after.index_regs() != snap.index_regs();
     let (start, insn) = if (1..=decode::MAX_INSN_LEN as u64).contains(&moved) {
         // RIP was at the instruction and completing it moved RIP past it.
         let insn = at_rip.unwrap_or(IoInsn { len: 0, is_in, size, string: false, rep: false, immediate: false, port_imm: None });
         (snap.regs.rip, IoInsn { len: moved as usize, ..insn })
-    } else if let Some(insn) = at_rip.filter(|i| i.string && (after.regs.rsi != snap.regs.rsi || after.regs.rdi != snap.regs.rdi)) {
+    } else if let Some(insn) = at_rip.filter(|i| i.string && advanced) {
         // A string instruction KVM has not finished (REP iterations left): RIP at it.
         (snap.regs.rip, insn)
+    } else if let Some(insn) = at_rip.filter(|i| i.rep) {
+        // A REP string instruction with iterations left whose registers KVM had already
+        // advanced past this exit's elements (OUTS: the data was handed out at once, so
+        // completing it changed nothing): rewind them.
+        snap.rewind_string(&forward, snap.regs.rip, io.count as u64)?;
+        (snap.regs.rip, insn)
     } else {
-        // KVM already retired it: RIP is past; find it by decoding backwards.
+        // KVM already retired it: RIP is past; find it by decoding backwards. A string
+        // instruction's registers are past this exit's elements then: rewind them.
         let before = read_before(vm, st, &snap, snap.code_linear(snap.regs.rip));
         match decode::io_before(bitness, &before, snap.regs.rip, port, size, is_in, dx) {
-            Some(insn) => (snap.regs.rip.wrapping_sub(insn.len as u64), insn),
+            Some(insn) => {
+                let start = snap.regs.rip.wrapping_sub(insn.len as u64);
+                if insn.string {
+                    snap.rewind_string(&before[before.len() - insn.len..], start, io.count as u64)?;
+                }
+                (start, insn)
+            }
             None => return Err(instruction_not_found("I/O", &snap)),
         }
     };
@@ -340,7 +380,7 @@ fn io_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_retu
 fn mmio_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_return_t> {
     let mmio = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.mmio };
     let (gpa, len, is_write) = (mmio.phys_addr, mmio.len as usize, mmio.is_write != 0);
-    let snap = Snapshot::take(st);
+    let mut snap = Snapshot::take(st);
     let completion = complete(vcpu, st)?;
     let after = Snapshot::take(st);
     let moved = after.regs.rip.wrapping_sub(snap.regs.rip);
@@ -350,27 +390,33 @@ fn mmio_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_re
     } else {
         let bitness = snap.bitness();
         let before = read_before(vm, st, &snap, snap.code_linear(snap.regs.rip));
-        let behind = if is_write {
-            decode::store_before(bitness, &before, snap.regs.rip, &snap, len, gpa, how)
-        } else {
-            None
-        };
-        match behind {
-            Some(n) => (snap.regs.rip.wrapping_sub(n as u64), n),
-            None => {
-                // An unfinished string instruction (REP MOVS/STOS) is still at RIP.
-                let forward = read_forward(vm, st, &snap, snap.regs.rip);
-                let found = if is_write {
+        let forward = read_forward(vm, st, &snap, snap.regs.rip);
+        let found = if is_write {
+            // A REP string store with iterations left (KVM keeps RIP at it), then a store
+            // KVM retired (RIP past it), then any store at RIP.
+            decode::rep_store_at(bitness, &forward, snap.regs.rip, &snap, len, gpa, how)
+                .map(|store| (snap.regs.rip, store))
+                .or_else(|| {
+                    decode::store_before(bitness, &before, snap.regs.rip, &snap, len, gpa, how)
+                        .map(|store| (snap.regs.rip.wrapping_sub(store.len as u64), store))
+                })
+                .or_else(|| {
                     decode::store_at(bitness, &forward, snap.regs.rip, &snap, len, gpa, how)
-                } else {
-                    decode::length_at(bitness, &forward, snap.regs.rip)
-                };
-                match found {
-                    Some(n) => (snap.regs.rip, n),
-                    None => return Err(instruction_not_found("MMIO", &snap)),
-                }
-            }
+                        .map(|store| (snap.regs.rip, store))
+                })
+        } else {
+            // An unfinished string load (REP MOVS/LODS from MMIO) is still at RIP.
+            decode::length_at(bitness, &forward, snap.regs.rip)
+                .map(|len| (snap.regs.rip, decode::Store { len, rewound: None }))
+        };
+        let Some((start, store)) = found else {
+            return Err(instruction_not_found("MMIO", &snap));
+        };
+        // A string store KVM had already advanced past the element it wrote: rewind.
+        if let Some(index) = store.rewound {
+            snap.set_index_regs(index);
         }
+        (start, store.len)
     };
     restore(st, &snap, start);
     let mut q = if is_write { EptQualification::WRITE } else { EptQualification::READ };

@@ -12,13 +12,15 @@ use hvf_sys::vmx::{IoQualification, AR_DPL_SHIFT};
 use hvf_sys::*;
 use iced_x86::OpKind;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use devices::bus::BusDevice;
+use devices::lapic::{Lapic, LAPIC_BASE, LAPIC_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 pub fn handle(ctx: &mut ExitContext) -> Result<Action, HvError> {
     let gpa = ctx.vcpu.read_vmcs(VMCS_GUEST_PHYSICAL_ADDRESS)?;
     let before = load_cpu_state(ctx.vcpu, ctx.machine)?;
     let mut cpu = before.clone();
-    let mut bus = MachineBus { machine: ctx.machine };
+    let mut bus = MachineBus { machine: ctx.machine, lapic: ctx.state.lapic.as_deref() };
     let outcome = emulate::emulate_mmio(&mut cpu, &mut bus, gpa);
     store_cpu_state(ctx.vcpu, &before, &cpu)?;
     match outcome {
@@ -51,7 +53,7 @@ pub fn handle(ctx: &mut ExitContext) -> Result<Action, HvError> {
 pub fn string_io(ctx: &mut ExitContext, q: IoQualification) -> Result<Action, HvError> {
     let before = load_cpu_state(ctx.vcpu, ctx.machine)?;
     let mut cpu = before.clone();
-    let mut bus = MachineBus { machine: ctx.machine };
+    let mut bus = MachineBus { machine: ctx.machine, lapic: ctx.state.lapic.as_deref() };
     let fetched = match emulate::fetch_and_decode(&cpu, &mut bus) {
         Ok(fetched) => fetched,
         Err(EmulateError::Fault(fault)) => {
@@ -183,6 +185,16 @@ pub fn store_cpu_state(vcpu: &mut dyn VcpuRegs, before: &CpuState, after: &CpuSt
 /// MMIO bus.
 pub struct MachineBus<'a> {
     pub machine: &'a Machine,
+    /// The exiting vCPU's local APIC: its page is private to the vCPU (SDM 11.4.1).
+    pub lapic: Option<&'a Lapic>,
+}
+
+impl MachineBus<'_> {
+    /// The local APIC and the offset into its page, if `gpa` is in it.
+    fn apic_at(&self, gpa: u64) -> Option<(&Lapic, u64)> {
+        let offset = gpa.checked_sub(LAPIC_BASE).filter(|&o| o < LAPIC_SIZE)?;
+        self.lapic.map(|lapic| (lapic, offset))
+    }
 }
 
 impl GuestBus for MachineBus<'_> {
@@ -213,7 +225,9 @@ impl GuestBus for MachineBus<'_> {
     }
 
     fn read(&mut self, gpa: u64, buf: &mut [u8]) {
-        if self.machine.ram.contains(gpa, buf.len() as u64) {
+        if let Some((lapic, offset)) = self.apic_at(gpa) {
+            lapic.read(offset, buf);
+        } else if self.machine.ram.contains(gpa, buf.len() as u64) {
             let _ = self.machine.ram.memory().read_slice(buf, GuestAddress(gpa));
         } else {
             self.machine.mmio.read(gpa, buf);
@@ -221,7 +235,9 @@ impl GuestBus for MachineBus<'_> {
     }
 
     fn write(&mut self, gpa: u64, data: &[u8]) {
-        if self.machine.ram.contains(gpa, data.len() as u64) {
+        if let Some((lapic, offset)) = self.apic_at(gpa) {
+            lapic.write(offset, data);
+        } else if self.machine.ram.contains(gpa, data.len() as u64) {
             let _ = self.machine.ram.memory().write_slice(data, GuestAddress(gpa));
         } else {
             self.machine.mmio.write(gpa, data);

@@ -5,6 +5,8 @@
 use crate::machine::{Machine, StopReason};
 use crate::msr::MsrState;
 use crate::regs::VcpuRegs;
+use devices::lapic::Lapic;
+use std::sync::Arc;
 use hvf_sys::vmcs::*;
 use hvf_sys::vmx::*;
 use hvf_sys::*;
@@ -30,11 +32,13 @@ pub enum Action {
 }
 
 /// Per-vCPU state the handlers keep between exits.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VcpuState {
     /// 0 for the boot processor.
     pub index: u32,
     pub msrs: MsrState,
+    /// This vCPU's local APIC, if the machine has one.
+    pub lapic: Option<Arc<Lapic>>,
 }
 
 /// Everything a handler may touch.
@@ -173,6 +177,7 @@ pub(crate) mod testing {
             pio: Bus::new(),
             mmio: Bus::new(),
             cpuid: CpuidPolicy::new(1, false),
+            clock: crate::clock::GuestClock::start(1_000_000_000),
             stopper: Stopper::new(),
             stats: Default::default(),
         }

@@ -1,0 +1,88 @@
+//! The PC hvrun emulates, put together: RAM, one vCPU with its local APIC, the IOAPIC,
+//! COM1, the ACPI power registers and the i8042's reset line, and a kernel loaded into it.
+use devices::apic_bus::ApicBus;
+use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::lapic::Lapic;
+use devices::output::{ConsoleOutput, DEFAULT_OUTPUT_CAPACITY};
+use devices::power::{AcpiPmDevice, ACPI_PM_PORT_COUNT, ACPI_SLEEP_CONTROL_PORT};
+use devices::serial::{Serial, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use vmm::clock::{measure_tsc_hz, GuestClock};
+use vmm::cpuid::CpuidPolicy;
+use vmm::irq::Waker;
+use vmm::machine::Stopper;
+use vmm::vcpu::VcpuConfig;
+use vmm::vm::Vm;
+
+/// What `hvrun` asks for.
+pub struct Config<'a> {
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub mem_size: u64,
+    pub cmdline: String,
+}
+
+/// A machine with its kernel loaded and its vCPU running.
+pub struct Running {
+    pub vm: Vm,
+    pub serial: Arc<Serial<ConsoleOutput>>,
+    pub output: ConsoleOutput,
+    pub lapic: Arc<Lapic>,
+}
+
+/// Builds the machine, loads the kernel and starts the vCPU. Errors are one line each.
+pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> {
+    // Files and sizes first: a bad path or size fails before anything is created.
+    let mut kernel = boot::open_image("kernel", config.kernel).map_err(|e| e.to_string())?;
+    let mut initrd = match config.initrd {
+        Some(path) => Some(boot::open_image("initrd", path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    boot::check_mem_size(config.mem_size).map_err(|e| e.to_string())?;
+
+    let tsc_hz = measure_tsc_hz();
+    let cpuid = CpuidPolicy::new(1, true).with_kvmclock(tsc_hz);
+    let clock = GuestClock::start(tsc_hz);
+    let mut vm = Vm::with_clock(config.mem_size, cpuid, stopper.clone(), clock).map_err(|e| e.to_string())?;
+
+    let apic_bus = Arc::new(ApicBus::new());
+    let ioapic = Arc::new(Ioapic::new(apic_bus.clone()));
+    apic_bus.set_ioapic(&ioapic);
+    let waker = Arc::new(Waker::new());
+    let lapic = Arc::new(Lapic::new(0, true, waker.clone(), apic_bus.clone(), clock.tsc_clock()));
+    apic_bus.add_lapic(&lapic);
+
+    let output = ConsoleOutput::spawn(std::io::stdout(), DEFAULT_OUTPUT_CAPACITY).map_err(|e| format!("cannot start the console: {e}"))?;
+    let serial = Arc::new(Serial::new(ioapic.clone(), COM1_IRQ, output.clone()));
+    let i8042 = I8042::new(stopper.clone());
+
+    let machine = vm.machine_mut().map_err(|e| e.to_string())?;
+    let bus_error = |e: devices::bus::BusError| e.to_string();
+    machine.mmio.insert(IOAPIC_BASE, IOAPIC_SIZE, ioapic).map_err(bus_error)?;
+    machine.pio.insert(COM1_PORT, COM1_PORT_COUNT, serial.clone()).map_err(bus_error)?;
+    machine
+        .pio
+        .insert(ACPI_SLEEP_CONTROL_PORT as u64, ACPI_PM_PORT_COUNT, Arc::new(AcpiPmDevice::new(stopper.clone())))
+        .map_err(bus_error)?;
+    machine.pio.insert(I8042_DATA_PORT, 1, i8042.data_port()).map_err(bus_error)?;
+    machine.pio.insert(I8042_COMMAND_PORT, 1, i8042.command_port()).map_err(bus_error)?;
+
+    let info = boot::load_linux(
+        machine.ram.memory(),
+        config.mem_size,
+        &mut kernel,
+        initrd.as_mut().map(|f: &mut File| f),
+        &config.cmdline,
+        1,
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
+
+    lapic.spawn_timer_thread().map_err(|e| format!("cannot start the APIC timer: {e}"))?;
+    vm.start_vcpu(VcpuConfig { index: 0, entry: info.entry, irq: lapic.clone(), waker, lapic: Some(lapic.clone()) })
+        .map_err(|e| e.to_string())?;
+    Ok(Running { vm, serial, output, lapic })
+}
