@@ -6,21 +6,17 @@ use linux_loader::loader::bootparam::boot_params;
 use std::io::{Cursor, Write};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-fn kernel_path() -> Option<PathBuf> {
+/// The test kernel: HVRUN_TEST_KERNEL, else shared/guest/bzImage-min beside the repo.
+/// Missing is a failure, not a skip: these tests are about a real kernel.
+fn kernel_path() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    [repo.join("../shared/guest/bzImage-min"), PathBuf::from("/work/shared/guest/bzImage-min")]
-        .into_iter()
-        .find(|p| p.exists())
+    std::env::var_os("HVRUN_TEST_KERNEL").map(PathBuf::from).unwrap_or_else(|| repo.join("../shared/guest/bzImage-min"))
 }
 
-fn kernel_bytes() -> Option<Vec<u8>> {
-    match kernel_path() {
-        Some(p) => Some(std::fs::read(p).unwrap()),
-        None => {
-            eprintln!("shared/guest/bzImage-min not found: real-kernel test skipped");
-            None
-        }
-    }
+fn kernel_bytes() -> Vec<u8> {
+    let path = kernel_path();
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("test kernel {}: {e} (set HVRUN_TEST_KERNEL or run scripts/guest-kernel.sh)", path.display()))
 }
 
 fn guest(size: u64) -> GuestMemoryMmap {
@@ -66,11 +62,11 @@ fn one_line(e: &BootError) -> String {
 
 #[test]
 fn real_bzimage_with_initrd_in_256_mib() {
-    let Some(img) = kernel_bytes() else { return };
+    let img = kernel_bytes();
     let mem = guest(256 * MIB);
     let initrd_data: Vec<u8> = (0..(3 * MIB + 123)).map(|i| (i * 7 % 251) as u8).collect();
     let initrd = TempFile::new("initrd-256", &initrd_data);
-    let mut kernel = File::open(kernel_path().unwrap()).unwrap();
+    let mut kernel = File::open(kernel_path()).unwrap();
     let cmdline = "console=ttyS0 reboot=k panic=-1";
     let info = load_linux(&mem, 256 * MIB, &mut kernel, Some(&mut initrd.open()), cmdline, 2, &DEVS).unwrap();
 
@@ -143,7 +139,7 @@ fn real_bzimage_with_initrd_in_256_mib() {
 
 #[test]
 fn real_bzimage_in_16_gib_keeps_the_initrd_below_its_limit() {
-    let Some(img) = kernel_bytes() else { return };
+    let img = kernel_bytes();
     let mem = guest(16 << 30);
     let mut kernel = Cursor::new(img);
     let mut initrd = Cursor::new(vec![0x5a; 0x2000]);
@@ -165,7 +161,7 @@ fn real_bzimage_in_16_gib_keeps_the_initrd_below_its_limit() {
 
 #[test]
 fn truncated_copies_are_errors() {
-    let Some(img) = kernel_bytes() else { return };
+    let img = kernel_bytes();
     let mem = guest(128 * MIB);
     let setup_len = (img[0x1f1] as usize + 1) * 512;
     for len in
@@ -188,7 +184,7 @@ fn truncated_copies_are_errors() {
 
 #[test]
 fn header_problems_have_their_own_errors() {
-    let Some(img) = kernel_bytes() else { return };
+    let img = kernel_bytes();
     let mem = guest(128 * MIB);
     let run = |img: &[u8], cmdline: &str| load_linux(&mem, 128 * MIB, &mut Cursor::new(img), None, cmdline, 1, &[]);
 
@@ -214,7 +210,7 @@ fn header_problems_have_their_own_errors() {
 
 #[test]
 fn initrd_that_does_not_fit() {
-    let Some(img) = kernel_bytes() else { return };
+    let img = kernel_bytes();
     let mem = guest(128 * MIB);
     // Sparse: nothing is written or read, placement fails first.
     let big = TempFile::sparse("initrd-big", 100 * MIB);
@@ -233,7 +229,7 @@ fn initrd_that_does_not_fit() {
 
 #[test]
 fn memory_vcpu_and_file_errors() {
-    let Some(img) = kernel_bytes() else { return };
+    let img = kernel_bytes();
     let mem = guest(128 * MIB);
     let run = |size, vcpus| load_linux(&mem, size, &mut Cursor::new(&img), None, "", vcpus, &[]);
     assert!(matches!(run(64 * MIB, 1), Err(BootError::MemorySize(_))));
