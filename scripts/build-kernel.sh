@@ -75,13 +75,17 @@ fi
 # --- configuration ----------------------------------------------------------------------
 # Fixed build metadata: the same inputs give the same `uname -v` and a comparable image.
 export KBUILD_BUILD_USER=hvrun KBUILD_BUILD_HOST=hvrun
-export KBUILD_BUILD_TIMESTAMP="linux-source $src_version"
+export KBUILD_BUILD_TIMESTAMP
+KBUILD_BUILD_TIMESTAMP=$(date -u -d "@$(stat -c %Y "$tarball")")
 cd "$tree"
 log "make tinyconfig + guest/kernel-min.fragment + olddefconfig"
-make -s tinyconfig >&2
-# -m: merge only; olddefconfig below resolves the dependencies and the choices.
-scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null
-make -s olddefconfig >&2
+# Kconfig's chatter (tiny.config's overrides) goes to a log, shown only on failure.
+{
+    make tinyconfig &&
+    # -m: merge only; olddefconfig below resolves the dependencies and the choices.
+    scripts/kconfig/merge_config.sh -m .config "$fragment" &&
+    make olddefconfig
+} >"$build/config.log" 2>&1 || { cat "$build/config.log" >&2; die "configuration failed"; }
 
 # Every fragment line must be in the result as written (=y) or absent (is not set).
 bad=()

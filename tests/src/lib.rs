@@ -11,6 +11,8 @@
 //! Only one VM may exist per process (Hypervisor.framework's rule, enforced by the Linux
 //! layer): a `TestMachine` holds [`vm_lock`] for the whole life of its `Vm` and drops
 //! the `Vm` before the lock.
+
+pub mod hvrun;
 use devices::bus::BusDevice;
 use devices::power::{PowerControl, PowerEvent};
 use iced_x86::code_asm::*;

@@ -76,3 +76,22 @@ fn entry_fails_protected_mode_tr_unusable() {
     t.entry.tr = Segment { ar: t.entry.tr.ar | AR_UNUSABLE, ..t.entry.tr };
     expect_entry_failure(&mut t, "TR unusable");
 }
+
+/// `cli; hlt` on a machine with one vCPU and no NMI source can never resume: hvrun
+/// reports the machine powered off (how Linux powers off without ACPI) instead of
+/// sleeping forever. The report before it shows the guest ran up to there.
+#[test]
+fn halt_with_interrupts_disabled_powers_off() {
+    for mode in [Mode::Real, Mode::Long] {
+        let mut t = TestMachine::new(mode);
+        let mut g = Guest::new(mode);
+        g.mark(0x7f00_0004).unwrap();
+        g.a.cli().unwrap();
+        g.a.hlt().unwrap();
+        g.exit(GOOD).unwrap();
+        t.load_guest(&mut g);
+        let reason = t.run();
+        assert_eq!(reason, StopReason::Power(devices::power::PowerEvent::PowerOff), "{mode:?}");
+        assert_eq!(t.log.reports(), [0x7f00_0004], "{mode:?}");
+    }
+}

@@ -12,7 +12,6 @@ use hvf_sys::vmcs::*;
 use hvf_sys::vmx::*;
 use hvf_sys::*;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
 
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
@@ -451,17 +450,3 @@ fn cpuid_hook_installs_the_policy() {
     assert_eq!(g.reg(HV_X86_RDX) as u32, 0x6f77_206f);
 }
 
-#[test]
-fn io_exit_round_trip_cost() {
-    // 1000: out 0x80, al   E6 80
-    // 1002: jmp 0x1000     EB FC
-    let g = Guest::new(&[0xe6, 0x80, 0xeb, 0xfc]);
-    const ROUNDS: u32 = 1000;
-    let start = Instant::now();
-    for _ in 0..ROUNDS {
-        assert_eq!(g.run(), VMX_REASON_IO);
-        g.skip();
-    }
-    let per_exit = start.elapsed() / ROUNDS;
-    eprintln!("IO exit round trip through the layer: {per_exit:?} per exit ({ROUNDS} exits)");
-}

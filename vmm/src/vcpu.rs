@@ -113,13 +113,19 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
 }
 
 /// Sleeps after HLT until an interrupt can be delivered (RFLAGS.IF=1 and one pending),
-/// the next timer is due, or the machine stops. With IF=0 only a stop ends it, as on
-/// hardware (no NMIs here).
+/// the next timer is due, or the machine stops.
 fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig) -> Result<(), HvError> {
     let interruptible = vcpu.read_reg(HV_X86_RFLAGS)? & (1 << 9) != 0;
+    if !interruptible {
+        // Nothing can wake this vCPU: hvrun's machines have one vCPU and no NMI source.
+        // It is how a kernel without ACPI powers off (Linux's machine_halt with acpi=off).
+        log::info!("vCPU {} halted with interrupts disabled: the machine is off", config.index);
+        machine.stopper.stop(StopReason::Power(devices::power::PowerEvent::PowerOff));
+        return Ok(());
+    }
     let irq = config.irq.as_ref();
     loop {
-        let ready = || machine.stopper.stopping() || (interruptible && irq.pending().is_some());
+        let ready = || machine.stopper.stopping() || irq.pending().is_some();
         config.waker.sleep_until(irq.next_deadline(), ready);
         irq.poll_timers(Instant::now());
         if ready() {

@@ -1,0 +1,196 @@
+//! Running the `hvrun` command itself, as a user would: its console on a pipe or on a
+//! real pseudo-terminal, with every output line time-stamped as it arrives.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The hvrun binary built next to the running test (target/<profile>/hvrun).
+pub fn hvrun_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let bin = dir.join("hvrun");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p hvrun` (scripts/test.sh does)", bin.display());
+    bin
+}
+
+/// A guest file named by an environment variable that scripts/test.sh sets.
+pub fn guest_file(var: &str) -> PathBuf {
+    let path = std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: scripts/test.sh builds the guests and sets it"));
+    let path = PathBuf::from(path);
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    path
+}
+
+/// Output lines with the time each arrived.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl Lines {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), line));
+    }
+
+    pub fn all(&self) -> Vec<(Instant, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.all().into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The first line containing `needle`, with its arrival time.
+    pub fn find(&self, needle: &str) -> Option<(Instant, String)> {
+        self.all().into_iter().find(|(_, l)| l.contains(needle))
+    }
+
+    /// Waits up to `timeout` for a line containing `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<(Instant, String)> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(found) = self.find(needle) {
+                return Some(found);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn collect(reader: impl Read + Send + 'static, lines: Lines) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).split(b'\n') {
+            let Ok(line) = line else { return };
+            lines.push(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string());
+        }
+    })
+}
+
+/// A running hvrun.
+pub struct Hvrun {
+    pub child: Child,
+    pub console: Lines,
+    pub stderr: Lines,
+    /// The pseudo-terminal's master side, when the console is a terminal.
+    pub terminal: Option<std::fs::File>,
+    /// The terminal's settings before hvrun started.
+    pub terminal_before: Option<libc::termios>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a finished hvrun left.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub console: Lines,
+    pub stderr: Lines,
+    /// The terminal's settings before hvrun started and after it exited.
+    pub terminal_settings: Option<(libc::termios, libc::termios)>,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Everything, for assertion messages.
+    pub fn report(&self) -> String {
+        format!("status: {}\n--- console ---\n{}\n--- stderr ---\n{}", self.status, self.console.text(), self.stderr.text())
+    }
+}
+
+impl Hvrun {
+    /// Starts hvrun with its console on pipes (stdin empty).
+    pub fn spawn(args: &[&str]) -> Hvrun {
+        let mut child = Command::new(hvrun_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hvrun");
+        let (console, stderr) = (Lines::default(), Lines::default());
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), console.clone()),
+            collect(child.stderr.take().expect("stderr"), stderr.clone()),
+        ];
+        Hvrun { child, console, stderr, terminal: None, terminal_before: None, readers }
+    }
+
+    /// Starts hvrun with its console (stdin and stdout) on a new pseudo-terminal, as a user
+    /// at a terminal runs it.
+    pub fn spawn_on_terminal(args: &[&str]) -> Hvrun {
+        let (master, slave) = open_pty();
+        let slave_in = slave.try_clone().expect("dup pty");
+        let mut child = Command::new(hvrun_binary())
+            .args(args)
+            .stdin(Stdio::from(slave_in))
+            .stdout(Stdio::from(slave))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hvrun");
+        let (console, stderr) = (Lines::default(), Lines::default());
+        let master = std::fs::File::from(master);
+        let terminal_before = Some(termios_of(&master));
+        let readers = vec![
+            collect(master.try_clone().expect("dup master"), console.clone()),
+            collect(child.stderr.take().expect("stderr"), stderr.clone()),
+        ];
+        Hvrun { child, console, stderr, terminal: Some(master), terminal_before, readers }
+    }
+
+    /// Types `bytes` on the terminal.
+    pub fn type_keys(&mut self, bytes: &[u8]) {
+        let t = self.terminal.as_mut().expect("hvrun runs on a terminal");
+        t.write_all(bytes).expect("write to the terminal");
+    }
+
+    /// Waits for hvrun to exit; kills it and fails the test after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let end = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "hvrun did not exit within {timeout:?}\n--- console ---\n{}\n--- stderr ---\n{}",
+                    self.console.text(),
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let after = self.terminal.as_ref().map(termios_of);
+        let terminal_settings = self.terminal_before.zip(after);
+        // The pty reader ends with EIO once the child's side is closed; pipe readers at EOF.
+        drop(self.terminal.take());
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Finished { status, console: self.console, stderr: self.stderr, terminal_settings }
+    }
+}
+
+/// A pseudo-terminal pair (master, slave), the slave in the terminal's default cooked mode.
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors; the null pointers ask for defaults.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned here.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// The terminal settings of `fd` (to check hvrun restored them).
+pub fn termios_of(fd: &impl AsRawFd) -> libc::termios {
+    // SAFETY: tcgetattr fills the zeroed struct.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd.as_raw_fd(), &mut t), 0);
+        t
+    }
+}

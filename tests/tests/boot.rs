@@ -1,0 +1,164 @@
+//! Booting Linux with the `hvrun` command, on a real KVM: the minimal kernel to its init
+//! marker through both device-discovery paths, console input on a real terminal, reboot
+//! and panic statuses, the guest clock against the host's, a distribution kernel, and
+//! every bad-input case answered with one line and status 1.
+//!
+//! The guests come from scripts/test.sh (HVRUN_GUEST_KERNEL/INITRD, HVRUN_CLOUD_*).
+use hvrun_tests::hvrun::*;
+use std::time::Duration;
+
+/// Generous: the sandbox runs the guest kernel at emulated speed.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const MARKER: &str = "HVRUN-INIT-OK";
+
+fn minimal() -> (String, String) {
+    let k = guest_file("HVRUN_GUEST_KERNEL");
+    let i = guest_file("HVRUN_GUEST_INITRD");
+    (k.display().to_string(), i.display().to_string())
+}
+
+/// Boots the minimal guest with `append` added to the default command line.
+fn boot(append: &str) -> Finished {
+    let (kernel, initrd) = minimal();
+    Hvrun::spawn(&["--append", append, &kernel, &initrd]).wait(BOOT_TIMEOUT)
+}
+
+#[test]
+fn minimal_kernel_boots_with_acpi_and_powers_off() {
+    let run = boot("hvrun.check=uptime");
+    assert!(run.console.find(MARKER).is_some(), "{}", run.report());
+    assert!(run.console.find("ACPI: RSDP").is_some(), "ACPI tables were used: {}", run.report());
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+}
+
+#[test]
+fn minimal_kernel_boots_through_the_mp_table_with_acpi_off() {
+    let run = boot("acpi=off hvrun.check=uptime");
+    assert!(run.console.find(MARKER).is_some(), "{}", run.report());
+    assert!(run.console.find("found SMP MP-table").is_some(), "{}", run.report());
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+}
+
+#[test]
+fn serial_input_reaches_the_guest_on_a_terminal() {
+    let (kernel, initrd) = minimal();
+    let mut hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=echo", &kernel, &initrd]);
+    assert!(hvrun.console.wait_for(MARKER, BOOT_TIMEOUT).is_some(), "no marker:\n{}", hvrun.console.text());
+    // The guest's `read` may start after the marker: type once it asks, and again later.
+    hvrun.console.wait_for("HVRUN-ECHO-READY", BOOT_TIMEOUT);
+    hvrun.type_keys(b"hello from the host\r");
+    let run = hvrun.wait(BOOT_TIMEOUT);
+    assert!(run.console.find("HVRUN-ECHO:hello from the host").is_some(), "{}", run.report());
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+    let (before, after) = run.terminal_settings.expect("ran on a terminal");
+    assert_eq!(
+        (before.c_iflag, before.c_oflag, before.c_lflag, before.c_cflag),
+        (after.c_iflag, after.c_oflag, after.c_lflag, after.c_cflag),
+        "hvrun restores the terminal"
+    );
+}
+
+#[test]
+fn ctrl_a_x_quits_and_restores_the_terminal() {
+    let (kernel, initrd) = minimal();
+    let mut hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=echo", &kernel, &initrd]);
+    assert!(hvrun.console.wait_for(MARKER, BOOT_TIMEOUT).is_some(), "no marker:\n{}", hvrun.console.text());
+    hvrun.type_keys(&[0x01, b'x']);
+    let run = hvrun.wait(BOOT_TIMEOUT);
+    assert_eq!(run.code(), Some(130), "{}", run.report());
+    assert!(run.console.find("HVRUN-ECHO:").is_none(), "{}", run.report());
+    let (before, after) = run.terminal_settings.expect("ran on a terminal");
+    assert_eq!((before.c_iflag, before.c_lflag), (after.c_iflag, after.c_lflag), "hvrun restores the terminal");
+}
+
+#[test]
+fn reboot_gives_the_reboot_status() {
+    let run = boot("hvrun.check=reboot");
+    assert!(run.console.find(MARKER).is_some(), "{}", run.report());
+    assert_eq!(run.code(), Some(3), "{}", run.report());
+}
+
+#[test]
+fn panic_with_panic_minus_one_gives_the_reboot_status() {
+    let run = boot("panic=-1 hvrun.check=panic");
+    assert!(run.console.find("Kernel panic").is_some(), "{}", run.report());
+    assert_eq!(run.code(), Some(3), "{}", run.report());
+}
+
+/// The guest sleeps `hvrun.sleep` seconds; its uptime must advance by the host's elapsed
+/// time between the two lines, within 5%.
+#[test]
+fn guest_uptime_follows_host_time() {
+    let run = boot("hvrun.check=sleep hvrun.sleep=4");
+    let value = |key: &str| -> (std::time::Instant, f64) {
+        let (at, line) = run.console.find(key).unwrap_or_else(|| panic!("no {key}: {}", run.report()));
+        let text = line[line.find(key).unwrap() + key.len()..].split_whitespace().next().unwrap_or("").to_string();
+        (at, text.parse().unwrap_or_else(|_| panic!("{key} {text:?}: {}", run.report())))
+    };
+    let (host_before, guest_before) = value("HVRUN-UPTIME-BEFORE=");
+    let (host_after, guest_after) = value("HVRUN-UPTIME-AFTER=");
+    let host = (host_after - host_before).as_secs_f64();
+    let guest = guest_after - guest_before;
+    eprintln!("guest uptime advanced {guest:.3} s while the host saw {host:.3} s");
+    assert!((guest - host).abs() <= 0.05 * host, "guest {guest:.3} s vs host {host:.3} s\n{}", run.report());
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+}
+
+#[test]
+fn debian_cloud_kernel_boots_to_the_init_marker() {
+    let kernel = guest_file("HVRUN_CLOUD_KERNEL").display().to_string();
+    let initrd = guest_file("HVRUN_CLOUD_INITRD").display().to_string();
+    let run = Hvrun::spawn(&["--mem", "1G", "--append", "hvrun.check=uptime", &kernel, &initrd]).wait(Duration::from_secs(600));
+    assert!(run.console.find(MARKER).is_some(), "{}", run.report());
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+}
+
+/// Bad input from the user: one line on stderr naming the problem, status 1, no panic.
+fn refused(args: &[&str], expect: &str) {
+    let run = Hvrun::spawn(args).wait(Duration::from_secs(60));
+    let text = run.stderr.text();
+    assert_eq!(run.code(), Some(1), "{args:?}: {}", run.report());
+    assert!(text.contains(expect), "{args:?}: expected {expect:?} in: {text}");
+    assert!(!text.contains("panicked"), "{args:?}: {text}");
+    assert_eq!(text.lines().filter(|l| !l.starts_with('[')).count(), 1, "one line: {text}");
+}
+
+#[test]
+fn bad_input_gets_one_line_and_status_one() {
+    let (kernel, initrd) = minimal();
+    let dir = std::env::temp_dir().join(format!("hvrun-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    };
+    let image = std::fs::read(&kernel).unwrap();
+    let not_kernel = file("notes.txt", b"this is not a kernel\n");
+    let truncated = file("truncated", &image[..image.len() / 3]);
+    let mut old = image.clone();
+    old[0x206..0x208].copy_from_slice(&0x0201u16.to_le_bytes()); // boot protocol 2.01
+    let old = file("old-protocol", &old);
+    let mut no64 = image.clone();
+    let xlf = u16::from_le_bytes([no64[0x236], no64[0x237]]) & !1; // clear XLF_KERNEL_64
+    no64[0x236..0x238].copy_from_slice(&xlf.to_le_bytes());
+    let no64 = file("not-64-bit", &no64);
+    let big = dir.join("huge-initrd");
+    std::fs::File::create(&big).unwrap().set_len(200 << 20).unwrap();
+    let big = big.display().to_string();
+    let long = "x".repeat(4096);
+    let d = dir.display().to_string();
+
+    refused(&["/nonexistent/bzImage"], "/nonexistent/bzImage");
+    refused(&[&kernel, "/nonexistent/initrd"], "/nonexistent/initrd");
+    refused(&[&d], "kernel");
+    refused(&[&not_kernel], "kernel");
+    refused(&[&truncated], "truncated");
+    refused(&[&old], "protocol");
+    refused(&[&no64], "64-bit");
+    refused(&["--mem", "128M", &kernel, &big], "initrd");
+    refused(&["--append", &long, &kernel, &initrd], "command line");
+    refused(&["--mem", "64M", &kernel, &initrd], "memory");
+    refused(&["--mem", "100000G", &kernel, &initrd], "memory");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
