@@ -16,7 +16,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=lib/kmod.sh
+# shellcheck source=scripts/lib/kmod.sh
 . "$repo/scripts/lib/kmod.sh"
 
 out="$repo/.cache/guest/initramfs.cpio.gz"

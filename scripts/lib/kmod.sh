@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Kernel module helpers for building initramfs images (sourced by bash scripts).
 # Same approach as scripts/sandbox.sh: Debian's kernel packages ship no modules.dep
 # (depmod runs at install time), so dependencies come from each module's .modinfo

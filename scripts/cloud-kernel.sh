@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fetches Debian's cloud kernel and builds an initramfs for it; prints both paths.
+#
+#   scripts/cloud-kernel.sh        -> KERNEL=<vmlinuz> and INITRD=<initramfs> lines
+#
+# Why: the realistic guest next to the minimal kernel (scripts/guest-kernel.sh).
+# Debian's linux-image-*-cloud-amd64 is ACPI-only (no MP table, no virtio_mmio.device=)
+# and has virtio-mmio/virtio-blk as modules, so its initramfs (scripts/build-initramfs.sh)
+# loads virtio_ring virtio virtio_mmio virtio_blk (built-in ones are skipped).
+# The package is resolved from the metapackage linux-image-cloud-amd64, downloaded with
+# apt-get download and unpacked with dpkg-deb into .cache/guest/. Idempotent: an
+# unpacked kernel and an up-to-date initramfs are reused; older kernels are removed.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache="$repo/.cache/guest"
+modules="virtio_ring virtio virtio_mmio virtio_blk"
+
+log() { echo "cloud-kernel: $*" >&2; }
+die() { echo "cloud-kernel: error: $*" >&2; exit 1; }
+
+# apt conventions of scripts/setup.sh: sudo unless root; on failure refresh the package
+# lists once and retry (fresh machine, or a superseded kernel gone from the mirror).
+if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+updated=0
+apt_update() {
+    if [[ $updated -eq 0 ]]; then
+        log "apt-get update"
+        "${sudo[@]}" apt-get -y -q -o DPkg::Lock::Timeout=900 update >&2
+        updated=1
+    fi
+}
+with_update() {
+    if "$@"; then return 0; fi
+    [[ $updated -eq 0 ]] || return 1
+    apt_update
+    "$@"
+}
+
+# The concrete package (linux-image-6.1.0-NN-cloud-amd64) is the metapackage's dependency.
+kernel_pkg() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
+}
+pkg=$(kernel_pkg || true)
+if [[ -z $pkg ]]; then
+    apt_update
+    pkg=$(kernel_pkg || true)
+fi
+[[ -n $pkg ]] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
+
+kdir="$cache/$pkg"
+if [[ ! -f "$kdir/.unpacked" ]]; then
+    mkdir -p "$cache"
+    rm -rf "$kdir" "$kdir.tmp" "$cache"/"$pkg"_*.deb
+    log "downloading $pkg"
+    # As root, apt-get download warns that user _apt cannot write here: run it as root.
+    download() { (cd "$cache" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2); }
+    with_update download
+    deb=$(ls "$cache"/"$pkg"_*.deb)
+    dpkg-deb -x "$deb" "$kdir.tmp"
+    mv "$kdir.tmp" "$kdir"
+    rm -f "$deb"
+    touch "$kdir/.unpacked"
+    log "unpacked $pkg into ${kdir#"$repo"/}"
+fi
+# Kernels and initramfs images of superseded packages only waste space.
+for old in "$cache"/linux-image-*-cloud-amd64 "$cache"/initramfs-linux-image-*-cloud-amd64.cpio.gz; do
+    [[ -e $old && $old != "$kdir" && $old != "$cache/initramfs-$pkg.cpio.gz" ]] &&
+        rm -rf "$old" "$old.key"
+done
+
+vers=("$kdir"/lib/modules/*/)
+[[ ${#vers[@]} -eq 1 && -d ${vers[0]} ]] || die "$kdir: expected one lib/modules/VERSION"
+kver=$(basename "${vers[0]}")
+vmlinuz="$kdir/boot/vmlinuz-$kver"
+[[ -f $vmlinuz ]] || die "$vmlinuz missing"
+
+initrd=$("$repo/scripts/build-initramfs.sh" --out "$cache/initramfs-$pkg.cpio.gz" \
+    --modules-from "$kdir" --modules "$modules")
+
+echo "KERNEL=$vmlinuz"
+echo "INITRD=$initrd"
