@@ -49,11 +49,18 @@ has_e2e=$(cargo metadata --no-deps --format-version 1 |
 if [[ $has_e2e != True ]]; then
     echo "=== end-to-end tests: no package hvrun-tests in the workspace, skipped"
 else
-    echo "=== end-to-end tests: building"
+    echo "=== end-to-end tests: building (tests, the hvrun command, the guests)"
     set +e
-    cargo test -p hvrun-tests --no-run --message-format=json >"$work/build.json"
+    cargo build -p hvrun && cargo test -p hvrun-tests --no-run --message-format=json >"$work/build.json"
     rc=$?
     set -e
+    # The guests the boot tests run (cached under .cache/guest; see the scripts).
+    HVRUN_GUEST_KERNEL=$("$repo/scripts/guest-kernel.sh")
+    HVRUN_GUEST_INITRD=$("$repo/scripts/build-initramfs.sh")
+    cloud=$("$repo/scripts/cloud-kernel.sh")
+    HVRUN_CLOUD_KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$cloud")
+    HVRUN_CLOUD_INITRD=$(sed -n 's/^INITRD=//p' <<<"$cloud")
+    export HVRUN_GUEST_KERNEL HVRUN_GUEST_INITRD HVRUN_CLOUD_KERNEL HVRUN_CLOUD_INITRD
     # Test executables and the package directory (cargo runs tests from there).
     python3 - "$work/build.json" >"$work/exes" <<'EOF'
 import json, os, sys

@@ -67,13 +67,16 @@ fn truncate(field: u32, value: u64) -> u64 {
 }
 
 /// VMX interruptibility bits of KVM's interrupt shadow and NMI masking.
+///
+/// AMD SVM has a single interrupt-shadow bit, which KVM reports as both STI and MOV SS
+/// blocking. VT-x never has both (SDM 27.3.1.5 refuses a VM entry with both), so that
+/// one-instruction shadow is shown as STI blocking: the same effect on interrupts.
 pub fn interruptibility_from_kvm(shadow: u8, nmi_masked: u8) -> u32 {
     let shadow = shadow as u32;
     let mut bits = Interruptibility::empty();
     if shadow & KVM_X86_SHADOW_INT_STI != 0 {
         bits |= Interruptibility::STI;
-    }
-    if shadow & KVM_X86_SHADOW_INT_MOV_SS != 0 {
+    } else if shadow & KVM_X86_SHADOW_INT_MOV_SS != 0 {
         bits |= Interruptibility::MOV_SS;
     }
     if nmi_masked != 0 {
@@ -333,6 +336,9 @@ mod tests {
         }
         assert_eq!(shadow_from_vmx(Interruptibility::STI.bits()) as u32, KVM_X86_SHADOW_INT_STI);
         assert_eq!(shadow_from_vmx(Interruptibility::MOV_SS.bits()) as u32, KVM_X86_SHADOW_INT_MOV_SS);
+        // AMD's one shadow bit, reported by KVM as both kinds: shown as STI blocking only.
+        let amd = (KVM_X86_SHADOW_INT_STI | KVM_X86_SHADOW_INT_MOV_SS) as u8;
+        assert_eq!(interruptibility_from_kvm(amd, 0), Interruptibility::STI.bits());
     }
 
     #[test]
