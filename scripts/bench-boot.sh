@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Boot benchmark: hvrun and QEMU (-M microvm -accel kvm) booting the same minimal kernel
+# and initramfs on the same KVM, side by side (scripts/bench-boot.py says what is
+# measured). Runs on the local /dev/kvm when it is hardware-backed, else in the sandbox.
+#
+#   scripts/bench-boot.sh [--runs N]
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+"$repo/scripts/setup.sh" >&2
+cargo build --release -p hvrun >&2
+kernel=$("$repo/scripts/guest-kernel.sh")
+initrd=$("$repo/scripts/build-initramfs.sh")
+args=(python3 "$repo/scripts/bench-boot.py" --hvrun "$repo/target/release/hvrun" --kernel "$kernel" --initrd "$initrd" "$@")
+if [[ $("$repo/scripts/kvm-kind.sh") == hardware ]]; then
+    "${args[@]}"
+else
+    "$repo/scripts/sandbox.sh" --timeout 1800 -- "${args[@]}"
+fi
