@@ -320,6 +320,23 @@ fn kick_from_another_thread_stops_a_spinning_guest() {
     assert_eq!(g.rip(), 0x1000);
 }
 
+/// A vCPU the VMM puts in the HLT activity state sleeps in hv_vcpu_run until a kick
+/// (SDM 25.4.2): the kick from another thread ends it with reason 1, nothing executed.
+#[test]
+fn hlt_activity_state_sleeps_until_kicked() {
+    // 1000: jmp $   EB FE
+    let g = Guest::new(&[0xeb, 0xfe]);
+    g.w(VMCS_GUEST_ACTIVITY_STATE, ACTIVITY_HLT as u64);
+    let mut id = g.vcpu;
+    let kicker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        unsafe { hv_vcpu_interrupt(&mut id, 1) }
+    });
+    assert_eq!(g.run(), VMX_REASON_IRQ);
+    assert_eq!(kicker.join().unwrap(), HV_SUCCESS);
+    assert_eq!(g.rip(), 0x1000);
+}
+
 #[test]
 fn kick_before_run_exits_at_once() {
     // 1000: hlt   F4

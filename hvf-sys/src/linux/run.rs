@@ -28,7 +28,7 @@ use kvm_bindings::*;
 use kvm_ioctls::SyncReg;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// KVM_RUN = _IO(KVMIO, 0x80); KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt);
 /// KVM_NMI = _IO(KVMIO, 0x9a) (linux/kvm.h). Issued directly: the run loop reads the
@@ -39,9 +39,6 @@ const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 /// Completion rounds before giving up (a multi-access instruction needs a few).
 const MAX_COMPLETION_ROUNDS: usize = 64;
 
-/// How long a vCPU in the HLT activity state sleeps between looks at its kick flag; the
-/// kick signal ends the sleep at once.
-const HALT_POLL: Duration = Duration::from_millis(20);
 
 const HLT_OPCODE: u8 = 0xf4;
 /// RDMSR and WRMSR are 0F 32 / 0F 30.
@@ -550,13 +547,27 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
     Ok(())
 }
 
-/// Waits in the HLT (or shutdown / wait-for-SIPI) activity state until kicked.
+/// Waits in the HLT (or shutdown / wait-for-SIPI) activity state until kicked, asleep:
+/// the kick signal is blocked while the flag is checked and unblocked atomically by
+/// `ppoll` for the wait, so a kick between the check and the wait is not lost (it stays
+/// pending and ends the `ppoll` at once).
 fn wait_for_kick(vcpu: &Vcpu) {
-    vcpu.in_run.store(true, Ordering::SeqCst);
-    while !vcpu.kick.load(Ordering::SeqCst) {
-        std::thread::sleep(HALT_POLL);
+    // SAFETY: signal-mask calls on this thread with initialised sets; ppoll with no
+    // descriptors and no timeout only waits for a signal.
+    unsafe {
+        let mut kick_only: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut kick_only);
+        libc::sigaddset(&mut kick_only, kick::kick_signal());
+        let mut during_wait: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &kick_only, &mut during_wait);
+        libc::sigdelset(&mut during_wait, kick::kick_signal());
+        vcpu.in_run.store(true, Ordering::SeqCst);
+        while !vcpu.kick.load(Ordering::SeqCst) {
+            libc::ppoll(std::ptr::null_mut(), 0, std::ptr::null(), &during_wait);
+        }
+        vcpu.in_run.store(false, Ordering::SeqCst);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &kick_only, std::ptr::null_mut());
     }
-    vcpu.in_run.store(false, Ordering::SeqCst);
 }
 
 /// hv_vcpu_run.
