@@ -72,6 +72,19 @@ fn ctrl_a_x_quits_and_restores_the_terminal() {
 }
 
 #[test]
+fn sigterm_stops_cleanly_and_restores_the_terminal() {
+    let (kernel, initrd) = minimal();
+    let hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=echo", &kernel, &initrd]);
+    assert!(hvrun.console.wait_for("HVRUN-ECHO-READY", BOOT_TIMEOUT).is_some(), "{}", hvrun.console.text());
+    // SAFETY: a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(hvrun.child.id() as i32, libc::SIGTERM) }, 0);
+    let run = hvrun.wait(BOOT_TIMEOUT);
+    assert_eq!(run.code(), Some(130), "{}", run.report());
+    let (before, after) = run.terminal_settings.expect("ran on a terminal");
+    assert_eq!((before.c_iflag, before.c_lflag), (after.c_iflag, after.c_lflag), "hvrun restores the terminal");
+}
+
+#[test]
 fn reboot_gives_the_reboot_status() {
     let run = boot("hvrun.check=reboot");
     assert!(run.console.find(MARKER).is_some(), "{}", run.report());

@@ -400,6 +400,29 @@ fn injected_external_interrupt_runs_the_ivt_handler() {
     assert_eq!(ip, 0x1000);
 }
 
+/// A kick that lands between the VMM's injection and the guest's entry: the interrupt
+/// was not delivered, so the exit reports it as IDT-vectoring information (SDM 28.2.4)
+/// and the VMM injects it again; it then reaches the handler once, not lost, not twice.
+#[test]
+fn an_interrupt_cut_short_by_a_kick_comes_back_as_idt_vectoring_info() {
+    // 1000: jmp $   EB FE   (RFLAGS.IF = 1)
+    let g = Guest::new(&[0xeb, 0xfe]);
+    install_handler(&g, 0x30, 0x3000);
+    g.w(VMCS_GUEST_RFLAGS, 0x202);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x30) as u64);
+    let mut id = g.vcpu;
+    assert_eq!(std::thread::spawn(move || unsafe { hv_vcpu_interrupt(&mut id, 1) }).join().unwrap(), HV_SUCCESS);
+    assert_eq!(g.run(), VMX_REASON_IRQ);
+    let idt = g.r(VMCS_RO_IDT_VECTOR_INFO) as u32;
+    assert_eq!(idt, IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x30, "undelivered: {idt:#x}");
+    assert_eq!(g.rip(), 0x1000);
+    // Re-injected as a VMM does: delivered to the handler exactly once.
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, idt as u64);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!((g.io().port, g.rip()), (0x81, 0x3002));
+    assert_eq!(g.r(VMCS_RO_IDT_VECTOR_INFO), 0);
+}
+
 #[test]
 fn invalid_guest_state_fails_the_entry() {
     let g = Guest::new(&[0xf4]);

@@ -606,11 +606,10 @@ pub fn run(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> hv_return_t {
         }
     }
     let exit = loop {
+        // No look at the kick flag here: a kick sets immediate_exit, so KVM_RUN returns
+        // EINTR at once, and does so with the state (an injected interrupt still queued)
+        // written back to the sync regs, which record_exit needs to see.
         vcpu.in_run.store(true, Ordering::SeqCst);
-        if kick::take(vcpu) {
-            vcpu.in_run.store(false, Ordering::SeqCst);
-            break ExitInfo::simple(VMX_REASON_IRQ);
-        }
         let result = kvm_run(st);
         vcpu.in_run.store(false, Ordering::SeqCst);
         match result {

@@ -297,9 +297,25 @@ impl VcpuState {
         self.set_field(VMCS_RO_VMEXIT_INSTR_LEN, exit.instr_len as u64);
         self.set_field(VMCS_RO_VMEXIT_IRQ_INFO, 0);
         self.set_field(VMCS_RO_VMEXIT_IRQ_ERROR, 0);
-        // The layer never interrupts event delivery: no IDT-vectoring information.
-        self.set_field(VMCS_RO_IDT_VECTOR_INFO, 0);
+        let undelivered = self.take_undelivered_interrupt();
+        self.set_field(VMCS_RO_IDT_VECTOR_INFO, undelivered as u64);
         self.set_field(VMCS_RO_IDT_VECTOR_ERROR, 0);
+    }
+
+    /// An external interrupt the VMM injected that KVM still holds undelivered (KVM_RUN
+    /// returned before entering the guest, on a kick): on VT-x that is an event whose
+    /// delivery the exit cut short, reported as IDT-vectoring information for the VMM to
+    /// inject again (SDM 28.2.4). It is taken out of KVM so that it is not delivered twice,
+    /// and so that the VMM's next injection (KVM_INTERRUPT) finds the slot free.
+    fn take_undelivered_interrupt(&mut self) -> u32 {
+        let events = &self.fd.sync_regs().events;
+        if events.interrupt.injected == 0 || events.interrupt.soft != 0 {
+            return 0;
+        }
+        let vector = events.interrupt.nr;
+        self.fd.sync_regs_mut().events.interrupt.injected = 0;
+        self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+        IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | vector as u32
     }
 }
 
