@@ -31,21 +31,12 @@ done
 log() { echo "build-kernel: $*" >&2; }
 die() { echo "build-kernel: error: $*" >&2; exit 1; }
 
-# --- packages (same apt conventions as scripts/setup.sh) ------------------------------
+# --- packages ------------------------------
 packages=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4
           xz-utils cpio)
-if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-apt_opts=(-y -q -o DPkg::Lock::Timeout=900)
-is_installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed; }
-missing=()
-for p in "${packages[@]}"; do is_installed "$p" || missing+=("$p"); done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    log "installing ${missing[*]}"
-    apt_install() { "${sudo[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >&2; }
-    # A machine that never ran apt-get update (or has stale lists) fails the first try.
-    apt_install || { "${sudo[@]}" apt-get "${apt_opts[@]}" update >&2 && apt_install; }
-fi
+# shellcheck source=lib/apt.sh
+. "$repo/scripts/lib/apt.sh"
+apt_install_missing "${packages[@]}"
 [[ -f $tarball ]] || die "$tarball missing after installing linux-source-6.1"
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 

@@ -19,23 +19,8 @@ modules="virtio_ring virtio virtio_mmio virtio_blk"
 log() { echo "cloud-kernel: $*" >&2; }
 die() { echo "cloud-kernel: error: $*" >&2; exit 1; }
 
-# apt conventions of scripts/setup.sh: sudo unless root; on failure refresh the package
-# lists once and retry (fresh machine, or a superseded kernel gone from the mirror).
-if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
-updated=0
-apt_update() {
-    if [[ $updated -eq 0 ]]; then
-        log "apt-get update"
-        "${sudo[@]}" apt-get -y -q -o DPkg::Lock::Timeout=900 update >&2
-        updated=1
-    fi
-}
-with_update() {
-    if "$@"; then return 0; fi
-    [[ $updated -eq 0 ]] || return 1
-    apt_update
-    "$@"
-}
+# shellcheck source=lib/apt.sh
+. "$repo/scripts/lib/apt.sh"
 
 # The concrete package (linux-image-6.1.0-NN-cloud-amd64) is the metapackage's dependency.
 kernel_pkg() {

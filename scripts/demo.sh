@@ -10,10 +10,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-"$repo/scripts/setup.sh" >&2
-cargo build --release -p hvrun >&2
-kernel=$("$repo/scripts/guest-kernel.sh")
-initrd=$("$repo/scripts/build-initramfs.sh")
+# shellcheck source=lib/guest-env.sh
+. "$repo/scripts/lib/guest-env.sh"
 if [[ $("$repo/scripts/kvm-kind.sh") == hardware ]]; then
     exec "$repo/target/release/hvrun" "$@" "$kernel" "$initrd"
 fi

@@ -23,45 +23,11 @@ packages=(
 
 log() { echo "setup: $*" >&2; }
 
-# Root runs apt directly; anyone else goes through sudo.
-if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-# Wait for another apt/dpkg (e.g. unattended upgrades) instead of failing on its lock.
-apt_opts=(-y -q -o DPkg::Lock::Timeout=900)
-
-updated=0
-apt_update() {
-    if [[ $updated -eq 0 ]]; then
-        log "apt-get update"
-        "${sudo[@]}" apt-get "${apt_opts[@]}" update >&2
-        updated=1
-    fi
-}
-
-# Runs "$@" once; on failure refreshes the package lists and runs it again. This covers
-# a fresh machine (no lists) and stale lists (a superseded kernel gone from the mirror).
-with_update() {
-    if "$@"; then return 0; fi
-    [[ $updated -eq 0 ]] || return 1
-    apt_update
-    "$@"
-}
-
-is_installed() {
-    dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
-}
+# shellcheck source=lib/apt.sh
+. "$repo/scripts/lib/apt.sh"
 
 # --- apt packages -------------------------------------------------------------------
-missing=()
-for p in "${packages[@]}"; do
-    is_installed "$p" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    log "installing ${missing[*]}"
-    # apt-get fails at once on a machine that never ran apt-get update.
-    apt_install() { "${sudo[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >&2; }
-    with_update apt_install
-fi
+apt_install_missing "${packages[@]}"
 
 # --- sandbox kernel -----------------------------------------------------------------
 # The concrete package (linux-image-6.1.0-NN-amd64) is the dependency of the

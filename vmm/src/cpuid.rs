@@ -43,6 +43,9 @@ pub struct CpuidPolicy {
     pub kvmclock: bool,
     /// The guest TSC rate, for the timing leaf 0x4000_0010.
     pub tsc_hz: u64,
+    /// MAXPHYADDR (leaf 0x8000_0008 EAX[7:0]), read once: the emulator needs it at every
+    /// MMIO exit, and CPUID is not cheap on every host.
+    pub phys_addr_bits: u8,
 }
 
 /// The hypervisor leaves' vendor signature (0x4000_0000): "hvrunhvrunhv".
@@ -61,7 +64,8 @@ const KVM_SIGNATURE: [u32; 3] = [
 
 impl CpuidPolicy {
     pub fn new(vcpus: u32, lapic: bool) -> Self {
-        CpuidPolicy { vcpus, lapic, kvmclock: false, tsc_hz: 0 }
+        let phys_addr_bits = host_cpuid(0x8000_0008, 0)[0] as u8;
+        CpuidPolicy { vcpus, lapic, kvmclock: false, tsc_hz: 0, phys_addr_bits }
     }
 
     /// Offers kvmclock: the hypervisor leaves say "KVMKVMKVM" with only the clock

@@ -159,7 +159,7 @@ pub fn load_cpu_state(vcpu: &dyn VcpuRegs, machine: &Machine) -> Result<CpuState
     cpu.cs_ar = vcpu.read_vmcs(VMCS_GUEST_CS_AR)? as u32;
     // CPL is SS.DPL (SDM 25.4.1).
     cpu.cpl = ((vcpu.read_vmcs(VMCS_GUEST_SS_AR)? >> AR_DPL_SHIFT) & 3) as u8;
-    cpu.phys_addr_bits = machine.cpuid.leaf(0, 0x8000_0008, 0)[0] as u8;
+    cpu.phys_addr_bits = machine.cpuid.phys_addr_bits;
     Ok(cpu)
 }
 
