@@ -22,33 +22,9 @@ die() { echo "cloud-kernel: error: $*" >&2; exit 1; }
 # shellcheck source=lib/apt.sh
 . "$repo/scripts/lib/apt.sh"
 
-# The concrete package (linux-image-6.1.0-NN-cloud-amd64) is the metapackage's dependency.
-kernel_pkg() {
-    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
-}
-pkg=$(kernel_pkg || true)
-if [[ -z $pkg ]]; then
-    apt_update
-    pkg=$(kernel_pkg || true)
-fi
-[[ -n $pkg ]] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
-
+pkg=$(kernel_package linux-image-cloud-amd64) || die "no cloud kernel package"
 kdir="$cache/$pkg"
-if [[ ! -f "$kdir/.unpacked" ]]; then
-    mkdir -p "$cache"
-    rm -rf "$kdir" "$kdir.tmp" "$cache"/"$pkg"_*.deb
-    log "downloading $pkg"
-    # As root, apt-get download warns that user _apt cannot write here: run it as root.
-    download() { (cd "$cache" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2); }
-    with_update download
-    deb=$(ls "$cache"/"$pkg"_*.deb)
-    dpkg-deb -x "$deb" "$kdir.tmp"
-    mv "$kdir.tmp" "$kdir"
-    rm -f "$deb"
-    touch "$kdir/.unpacked"
-    log "unpacked $pkg into ${kdir#"$repo"/}"
-fi
+unpack_package "$pkg" "$kdir"
 # Kernels and initramfs images of superseded packages only waste space.
 for old in "$cache"/linux-image-*-cloud-amd64 "$cache"/initramfs-linux-image-*-cloud-amd64.cpio.gz; do
     [[ -e $old && $old != "$kdir" && $old != "$cache/initramfs-$pkg.cpio.gz" ]] &&

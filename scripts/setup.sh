@@ -30,37 +30,12 @@ log() { echo "setup: $*" >&2; }
 apt_install_missing "${packages[@]}"
 
 # --- sandbox kernel -----------------------------------------------------------------
-# The concrete package (linux-image-6.1.0-NN-amd64) is the dependency of the
-# metapackage linux-image-amd64.
-kernel_pkg() {
-    apt-cache depends linux-image-amd64 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1
-}
-pkg=$(kernel_pkg || true)
-if [[ -z $pkg ]]; then
-    apt_update
-    pkg=$(kernel_pkg || true)
-fi
-[[ -n $pkg ]] || { log "cannot resolve linux-image-amd64 to a kernel package"; exit 1; }
-
+pkg=$(kernel_package linux-image-amd64)
 kdir="$cache/$pkg"
 if [[ -f "$kdir/.unpacked" ]]; then
     log "sandbox kernel $pkg already unpacked"
-else
-    mkdir -p "$cache"
-    rm -rf "$kdir" "$cache"/"$pkg"_*.deb
-    log "downloading $pkg"
-    # apt-get download writes into the current directory; running as root it warns that
-    # user _apt cannot write there: harmless, silenced by downloading as root.
-    download() { (cd "$cache" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2); }
-    with_update download
-    deb=$(ls "$cache"/"$pkg"_*.deb)
-    dpkg-deb -x "$deb" "$kdir.tmp"
-    mv "$kdir.tmp" "$kdir"
-    rm -f "$deb"
-    touch "$kdir/.unpacked"
-    log "unpacked $pkg into ${kdir#"$repo"/}"
 fi
+unpack_package "$pkg" "$kdir"
 # sandbox.sh uses whatever "kernel" points to.
 ln -sfn "$pkg" "$cache/kernel"
 # Older kernels unpacked by earlier runs only waste space.

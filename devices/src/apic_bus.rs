@@ -103,18 +103,12 @@ impl ApicRouter for ApicBus {
 mod tests {
     use super::*;
     use crate::bus::BusDevice;
-    use crate::irq::{Kick, LocalInterrupts};
+    use crate::irq::LocalInterrupts;
     use crate::tsc::GuestTscClock;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
-    #[derive(Default)]
-    struct CountKicks(AtomicUsize);
-    impl Kick for CountKicks {
-        fn kick(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::irq::testing::CountKicks;
 
     struct Machine {
         bus: Arc<ApicBus>,

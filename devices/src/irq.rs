@@ -19,3 +19,19 @@ pub trait LocalInterrupts: Send + Sync {
 pub trait Kick: Send + Sync {
     fn kick(&self);
 }
+
+/// A `Kick` that counts, for the interrupt controllers' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Kick;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    pub struct CountKicks(pub AtomicUsize);
+
+    impl Kick for CountKicks {
+        fn kick(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}

@@ -1006,15 +1006,9 @@ impl LocalInterrupts for Lapic {
 mod tests {
     use super::*;
     use crate::bus::BusDevice;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
-    #[derive(Default)]
-    struct CountKicks(AtomicUsize);
-    impl Kick for CountKicks {
-        fn kick(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::irq::testing::CountKicks;
 
     #[derive(Default)]
     struct Recorder {

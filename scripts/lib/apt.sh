@@ -36,3 +36,41 @@ apt_install_missing() {
     log "installing ${missing[*]}"
     with_update "${sudo[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >&2
 }
+
+# The versioned kernel package a metapackage stands for (linux-image-amd64 ->
+# linux-image-6.1.0-NN-amd64), refreshing stale package lists once if need be.
+kernel_package() {
+    local meta=$1 resolve pkg
+    resolve() {
+        apt-cache depends "$meta" 2>/dev/null |
+            sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1
+    }
+    pkg=$(resolve || true)
+    if [[ -z $pkg ]]; then
+        apt_update
+        pkg=$(resolve || true)
+    fi
+    [[ -n $pkg ]] || { log "cannot resolve $meta to a kernel package"; return 1; }
+    echo "$pkg"
+}
+
+# Downloads package $1 and unpacks it into directory $2 (dpkg-deb -x), once: a marker
+# file says it is complete, so an interrupted unpack is redone.
+unpack_package() {
+    local pkg=$1 dir=$2 cache deb
+    [[ -f $dir/.unpacked ]] && return 0
+    cache=$(dirname "$dir")
+    mkdir -p "$cache"
+    rm -rf "$dir" "$dir.tmp" "$cache/${pkg}"_*.deb
+    log "downloading $pkg"
+    # apt-get download writes into the current directory; as root it warns that user
+    # _apt cannot write there: harmless, silenced by downloading as root.
+    download() { (cd "$cache" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2); }
+    with_update download
+    deb=$(ls "$cache/${pkg}"_*.deb)
+    dpkg-deb -x "$deb" "$dir.tmp"
+    mv "$dir.tmp" "$dir"
+    rm -f "$deb"
+    touch "$dir/.unpacked"
+    log "unpacked $pkg into $dir"
+}
