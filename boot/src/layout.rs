@@ -13,7 +13,8 @@
 //!              then XSDT, FADT, MADT, DSDT
 //! 0x0010_0000  the kernel (bzImage protected-mode part, or ELF segments at their paddr)
 //! top of low RAM: the initrd, page-aligned
-//! 0xc000_0000..4 GiB: MMIO hole (virtio-mmio, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000)
+//! 0xc000_0000..4 GiB: MMIO hole (virtio-mmio windows from 0xd000_0000, IOAPIC 0xfec0_0000,
+//!              LAPIC 0xfee0_0000)
 //! 4 GiB..: the rest of RAM
 //! ```
 pub use vmm::memory::{MMIO_HOLE_END, MMIO_HOLE_START};
@@ -67,6 +68,9 @@ pub const LAPIC_ADDR: u64 = devices::lapic::LAPIC_BASE;
 
 /// Size of one virtio-mmio device's register window (virtio 1.x, 4.2.2).
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The virtio-mmio windows, one after the other from here (in the MMIO hole, far below
+/// the IOAPIC).
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 
 /// COM1, as the DSDT and MP table describe it.
 pub const COM1_PORT: u16 = devices::serial::COM1_PORT as u16;

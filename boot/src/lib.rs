@@ -168,6 +168,17 @@ pub fn open_image(what: &'static str, path: &Path) -> Result<File, BootError> {
     File::open(path).map_err(|err| BootError::Open { what, path: path.to_owned(), err })
 }
 
+/// The IOAPIC pins virtio devices get, in order: every pin a legacy PC device does not
+/// use (the PIT, keyboard, cascade, COM1, RTC and PS/2 mouse keep theirs).
+pub const VIRTIO_GSIS: [u32; 17] = [5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/// Where the `index`-th virtio-mmio device goes (its window and its GSI), or `None` past
+/// the last free pin.
+pub fn virtio_mmio_slot(index: usize) -> Option<VirtioMmioDevice> {
+    let gsi = *VIRTIO_GSIS.get(index)?;
+    Some(VirtioMmioDevice { base: layout::VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE, gsi })
+}
+
 /// `virtio_mmio.device=4K@0xBASE:GSI` for each device: how kernels without ACPI (MP
 /// table only, CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) find them. A kernel with ACPI finds
 /// them in the DSDT as well and then logs a duplicate-resource warning, harmlessly.
@@ -301,6 +312,16 @@ mod linux_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_virtio_slot_passes_the_device_checks() {
+        let slots: Vec<_> = (0..).map_while(virtio_mmio_slot).collect();
+        assert_eq!(slots.len(), VIRTIO_GSIS.len());
+        assert_eq!(slots[0], VirtioMmioDevice { base: 0xd000_0000, gsi: 5 });
+        assert_eq!(slots[3], VirtioMmioDevice { base: 0xd000_3000, gsi: 9 });
+        assert!(check_devices(&slots).is_ok());
+        assert_eq!(virtio_mmio_cmdline(&slots[..2]), "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6");
+    }
 
     #[test]
     fn device_checks() {

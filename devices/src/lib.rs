@@ -10,3 +10,4 @@ pub mod output;
 pub mod power;
 pub mod serial;
 pub mod tsc;
+pub mod virtio;

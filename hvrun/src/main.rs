@@ -1,5 +1,6 @@
 //! `hvrun [OPTIONS] <KERNEL> [INITRD]`: boots a Linux kernel to its serial console.
 mod console;
+mod disk_arg;
 mod platform;
 mod size;
 mod terminal;
@@ -34,7 +35,7 @@ mod status {
 #[command(
     version,
     about = "Boot a Linux kernel on Hypervisor.framework's raw VT-x API (on Linux: over KVM).",
-    after_help = "Examples:\n  hvrun bzImage initrd.cpio.gz\n  hvrun --mem 2G --append 'quiet' bzImage initrd.cpio.gz\n  hvrun --exit-stats --cmdline 'console=ttyS0 acpi=off' vmlinux\n\nThe console is COM1 on your terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.\nExit status: 0 guest powered off, 1 error, 2 bad usage, 3 guest rebooted (or panicked with panic=-1), 4 guest crashed, 130 stopped from the host."
+    after_help = "Examples:\n  hvrun bzImage initrd.cpio.gz\n  hvrun --mem 2G --append 'quiet' bzImage initrd.cpio.gz\n  hvrun --disk root.img --root --disk data.img,ro,serial=DATA bzImage\n  hvrun --exit-stats --cmdline 'console=ttyS0 acpi=off' vmlinux\n\nThe console is COM1 on your terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.\nExit status: 0 guest powered off, 1 error, 2 bad usage, 3 guest rebooted (or panicked with panic=-1), 4 guest crashed, 130 stopped from the host."
 )]
 struct Args {
     /// The kernel: a bzImage or an uncompressed ELF vmlinux.
@@ -56,6 +57,13 @@ struct Args {
     /// Print a histogram of VM exits by reason when the guest stops.
     #[arg(long)]
     exit_stats: bool,
+    /// A disk image for the guest, as /dev/vda, /dev/vdb, ... in order (repeatable).
+    /// ro: the guest cannot write it; serial=ID: the ID the guest reads (up to 20 characters).
+    #[arg(long, value_name = "PATH[,ro][,serial=ID]", value_parser = disk_arg::parse_disk)]
+    disk: Vec<disk_arg::DiskSpec>,
+    /// Boot from the first disk: adds root=/dev/vda to the command line.
+    #[arg(long, requires = "disk")]
+    root: bool,
     /// Log level: error, warn, info, debug, trace (RUST_LOG also works).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -68,10 +76,19 @@ fn main() -> ExitCode {
     vmm::trace::set_stats(args.exit_stats);
 
     let mut cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    if args.root {
+        cmdline = format!("{cmdline} root=/dev/vda");
+    }
     if let Some(extra) = &args.append {
         cmdline = format!("{cmdline} {extra}");
     }
-    let config = platform::Config { kernel: &args.kernel, initrd: args.initrd.as_deref(), mem_size: args.mem, cmdline };
+    let config = platform::Config {
+        kernel: &args.kernel,
+        initrd: args.initrd.as_deref(),
+        mem_size: args.mem,
+        cmdline,
+        disks: &args.disk,
+    };
 
     let stopper = Stopper::new();
     stop_on_signals(stopper.clone());
@@ -87,9 +104,10 @@ fn main() -> ExitCode {
     let quit = stopper.clone();
     console::spawn_input(running.serial.clone(), move || quit.stop(StopReason::Host));
 
-    let platform::Running { mut vm, output, lapic, .. } = running;
+    let platform::Running { mut vm, output, lapic, disks, .. } = running;
     let reason = vm.wait();
     lapic.stop_timer_thread();
+    disks.shutdown();
     output.drain(Duration::from_secs(2));
     terminal::restore_now();
     if raw {

@@ -1,5 +1,7 @@
 //! The PC hvrun emulates, put together: RAM, one vCPU with its local APIC, the IOAPIC,
-//! COM1, the ACPI power registers and the i8042's reset line, and a kernel loaded into it.
+//! COM1, the ACPI power registers, the i8042's reset line, virtio-mmio disks, and a kernel
+//! loaded into it.
+use crate::disk_arg::DiskSpec;
 use devices::apic_bus::ApicBus;
 use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_SIZE};
@@ -7,6 +9,10 @@ use devices::lapic::Lapic;
 use devices::output::{ConsoleOutput, DEFAULT_OUTPUT_CAPACITY};
 use devices::power::{AcpiPmDevice, ACPI_PM_PORT_COUNT, ACPI_SLEEP_CONTROL_PORT};
 use devices::serial::{Serial, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT};
+use devices::virtio::block::disk::Disk;
+use devices::virtio::block::Block;
+use devices::virtio::mmio::{MmioTransport, WINDOW_SIZE};
+use devices::virtio::IoapicPin;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +29,8 @@ pub struct Config<'a> {
     pub initrd: Option<&'a Path>,
     pub mem_size: u64,
     pub cmdline: String,
+    /// Disks in order: /dev/vda, /dev/vdb, ...
+    pub disks: &'a [DiskSpec],
 }
 
 /// A machine with its kernel loaded and its vCPU running.
@@ -31,6 +39,22 @@ pub struct Running {
     pub serial: Arc<Serial<ConsoleOutput>>,
     pub output: ConsoleOutput,
     pub lapic: Arc<Lapic>,
+    pub disks: Disks,
+}
+
+/// The running disks, to be stopped and flushed when the guest is gone.
+pub struct Disks(Vec<(Arc<MmioTransport>, Arc<Disk>)>);
+
+impl Disks {
+    /// Waits for requests in flight, then makes everything written durable on the host.
+    pub fn shutdown(&self) {
+        for (transport, disk) in &self.0 {
+            transport.shutdown();
+            if let Err(e) = disk.flush() {
+                eprintln!("hvrun: cannot flush a disk image: {e}");
+            }
+        }
+    }
 }
 
 /// Builds the machine, loads the kernel and starts the vCPU. Errors are one line each.
@@ -42,6 +66,20 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
         None => None,
     };
     boot::check_mem_size(config.mem_size).map_err(|e| e.to_string())?;
+    let mut disks = Vec::new();
+    for (index, spec) in config.disks.iter().enumerate() {
+        let slot = boot::virtio_mmio_slot(index)
+            .ok_or_else(|| format!("too many disks: at most {}", boot::VIRTIO_GSIS.len()))?;
+        let disk = Disk::open(&spec.path, spec.read_only).map_err(|e| e.to_string())?;
+        disks.push((slot, Block::new(disk, &spec.serial)));
+    }
+    let slots: Vec<boot::VirtioMmioDevice> = disks.iter().map(|(slot, _)| *slot).collect();
+    // Kernels without ACPI learn of the devices from the command line (the DSDT tells
+    // the others; giving both makes Linux probe each device twice).
+    let mut cmdline = config.cmdline.clone();
+    if !slots.is_empty() && cmdline.split_whitespace().any(|w| w == "acpi=off") {
+        cmdline = format!("{cmdline} {}", boot::virtio_mmio_cmdline(&slots));
+    }
 
     let tsc_hz = measure_tsc_hz();
     let cpuid = CpuidPolicy::new(1, true).with_kvmclock(tsc_hz);
@@ -61,7 +99,7 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
 
     let machine = vm.machine_mut().map_err(|e| e.to_string())?;
     let bus_error = |e: devices::bus::BusError| e.to_string();
-    machine.mmio.insert(IOAPIC_BASE, IOAPIC_SIZE, ioapic).map_err(bus_error)?;
+    machine.mmio.insert(IOAPIC_BASE, IOAPIC_SIZE, ioapic.clone()).map_err(bus_error)?;
     machine.pio.insert(COM1_PORT, COM1_PORT_COUNT, serial.clone()).map_err(bus_error)?;
     machine
         .pio
@@ -69,20 +107,28 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
         .map_err(bus_error)?;
     machine.pio.insert(I8042_DATA_PORT, 1, i8042.data_port()).map_err(bus_error)?;
     machine.pio.insert(I8042_COMMAND_PORT, 1, i8042.command_port()).map_err(bus_error)?;
+    let mut running_disks = Vec::new();
+    for (slot, block) in disks {
+        let image = block.disk();
+        let line = Arc::new(IoapicPin { ioapic: ioapic.clone(), pin: slot.gsi as usize });
+        let transport = Arc::new(MmioTransport::new(Box::new(block), machine.ram.memory().clone(), line));
+        machine.mmio.insert(slot.base, WINDOW_SIZE, transport.clone()).map_err(bus_error)?;
+        running_disks.push((transport, image));
+    }
 
     let info = boot::load_linux(
         machine.ram.memory(),
         config.mem_size,
         &mut kernel,
         initrd.as_mut().map(|f: &mut File| f),
-        &config.cmdline,
+        &cmdline,
         1,
-        &[],
+        &slots,
     )
     .map_err(|e| e.to_string())?;
 
     lapic.spawn_timer_thread().map_err(|e| format!("cannot start the APIC timer: {e}"))?;
     vm.start_vcpu(VcpuConfig { index: 0, entry: info.entry, irq: lapic.clone(), waker, lapic: Some(lapic.clone()) })
         .map_err(|e| e.to_string())?;
-    Ok(Running { vm, serial, output, lapic })
+    Ok(Running { vm, serial, output, lapic, disks: Disks(running_disks) })
 }
