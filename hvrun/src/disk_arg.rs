@@ -24,7 +24,7 @@ pub fn parse_disk(arg: &str) -> Result<DiskSpec, String> {
         match option.split_once('=') {
             None if option == "ro" => spec.read_only = true,
             Some(("serial", id)) => {
-                if id.len() > MAX_SERIAL_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                if id.is_empty() || id.len() > MAX_SERIAL_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(format!("serial '{id}' must be 1 to {MAX_SERIAL_LEN} printable ASCII characters"));
                 }
                 spec.serial = id.to_string();
