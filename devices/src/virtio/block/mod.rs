@@ -16,7 +16,7 @@ use request::{Limits, Request, RequestError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 /// The virtio device ID of a block device (virtio 1.2, 5).
@@ -243,28 +243,44 @@ impl Worker {
         }
     }
 
-    /// Serves every available request, with guest notifications off while doing so, and
-    /// interrupts the guest if the event-index rules say it wants to know (2.7.10).
     fn serve(&mut self) -> Result<(), virtio_queue::Error> {
-        loop {
-            self.queue.disable_notification(&self.mem)?;
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-                let head = chain.head_index();
-                let descriptors: Vec<Descriptor> = chain.collect();
-                let complete = descriptors.last().is_some_and(|d| !d.has_next());
-                let used = handle_chain(&descriptors, complete, &self.mem, &self.disk, &self.id, &self.limits);
-                self.queue.add_used(&self.mem, head, used)?;
-            }
-            // Re-enabling returns true if the driver added more meanwhile.
-            if !self.queue.enable_notification(&self.mem)? {
-                break;
-            }
-        }
-        if self.queue.needs_notification(&self.mem)? {
+        if serve_queue(&mut self.queue, &self.mem, &self.disk, &self.id, &self.limits)? {
             self.interrupt.signal_used_buffer();
         }
         Ok(())
     }
+}
+
+/// Serves every request available in `queue`, with the driver's notifications off while
+/// doing so (2.7.10). Returns whether the driver wants an interrupt for them (the
+/// event-index rules, or always without RING_EVENT_IDX). An error means the rings
+/// themselves are unusable.
+pub fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    disk: &Disk,
+    id: &[u8],
+    limits: &Limits,
+) -> Result<bool, virtio_queue::Error> {
+    let mut served = false;
+    loop {
+        queue.disable_notification(mem)?;
+        // iter() rather than pop_descriptor_chain(): a bogus available index is an error
+        // here, not an empty queue that enable_notification() keeps calling non-empty.
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let descriptors: Vec<Descriptor> = chain.collect();
+            let complete = descriptors.last().is_some_and(|d| !d.has_next());
+            let used = handle_chain(&descriptors, complete, mem, disk, id, limits);
+            queue.add_used(mem, head, used)?;
+            served = true;
+        }
+        // Re-enabling returns true if the driver added more meanwhile.
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    Ok(served && queue.needs_notification(mem)?)
 }
 
 /// Parses, validates and carries out one request; writes its status byte. Returns the

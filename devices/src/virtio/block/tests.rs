@@ -296,3 +296,45 @@ fn config_space_layout() {
     assert_ne!(block.features() & block_features::RO, 0);
     assert_eq!(block.features() & (block_features::DISCARD | block_features::WRITE_ZEROES), 0);
 }
+
+#[test]
+fn a_bogus_available_index_is_a_queue_error_not_a_busy_loop() {
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    let mem = memory();
+    let disk = TestDisk::new("avail", 8);
+    let image = Disk::open(&disk.path, false).unwrap();
+    let q = MockSplitQueue::create(&mem, GuestAddress(0x10000), 16);
+    let mut queue: Queue = q.create_queue().unwrap();
+    header(&mem, HDR, t::IN, 0);
+    let descs = [(HDR, 16, 0), (DATA, 512, WRITE), (STATUS, 1, WRITE)]
+        .map(|(a, l, f)| RawDescriptor::from(Descriptor::new(a, l, f, 0)));
+    q.build_desc_chain(&descs).unwrap();
+    assert_eq!(serve_queue(&mut queue, &mem, &image, b"", &limits(8, false)).ok(), Some(true));
+    assert_eq!(q.used().idx().load(), 1);
+    // The driver claims 100 more requests in a 16-entry ring.
+    q.avail().idx().store(101);
+    assert!(serve_queue(&mut queue, &mem, &image, b"", &limits(8, false)).is_err());
+}
+
+#[test]
+fn a_looping_chain_completes_with_an_error() {
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    let mem = memory();
+    let disk = TestDisk::new("loop", 8);
+    let before = disk.bytes();
+    let image = Disk::open(&disk.path, false).unwrap();
+    let q = MockSplitQueue::create(&mem, GuestAddress(0x10000), 16);
+    let mut queue: Queue = q.create_queue().unwrap();
+    header(&mem, HDR, t::OUT, 0);
+    // 0 -> 1 -> 2 -> 1 -> 2 ...: the status descriptor points back at the data.
+    let descs = [(HDR, 16, NEXT, 1), (DATA, 512, NEXT, 2), (STATUS, 1, WRITE | NEXT, 1)]
+        .map(|(a, l, f, n)| RawDescriptor::from(Descriptor::new(a, l, f, n)));
+    q.add_desc_chains(&descs, 0).unwrap();
+    mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+    serve_queue(&mut queue, &mem, &image, b"", &limits(8, false)).unwrap();
+    assert_eq!(q.used().idx().load(), 1);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), status::IOERR);
+    assert_eq!(disk.bytes(), before);
+}
