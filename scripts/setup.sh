@@ -6,7 +6,8 @@
 #
 # - apt packages: QEMU (the nested KVM sandbox, see scripts/sandbox.sh), busybox-static
 #   and cpio (the sandbox initrd), Debian's Rust with its std sources (the macOS
-#   type-check, scripts/check-macos.sh), a C toolchain (rustc links with cc).
+#   type-check, scripts/check-macos.sh), a C and C++ toolchain (rustc links with cc;
+#   libFuzzer), e2fsprogs (the disk tests' ext4 images).
 # - the sandbox kernel: Debian's generic 6.1 kernel (the cloud flavour has no 9p),
 #   unpacked with dpkg-deb into .cache/sandbox/ of the repository.
 set -euo pipefail
@@ -18,6 +19,8 @@ packages=(
     qemu-system-x86 busybox-static cpio          # the test sandbox
     rustc-web cargo-web rust-web-src             # scripts/check-macos.sh (-Zbuild-std)
     gcc libc6-dev                                # linker for host builds
+    g++                                          # libFuzzer, built by scripts/fuzz.sh
+    e2fsprogs                                    # ext4 disk images for the disk tests
     python3 xz-utils ca-certificates             # test.sh parses cargo's JSON; cargo's TLS
 )
 
