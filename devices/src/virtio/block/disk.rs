@@ -25,7 +25,7 @@ impl fmt::Display for DiskError {
         match self {
             DiskError::Open { path, error } => write!(f, "cannot open disk image {}: {error}", path.display()),
             DiskError::InUse { path } => {
-                write!(f, "disk image {} is in use by another process (it holds the image's lock)", path.display())
+                write!(f, "disk image {} is in use: another process (or another --disk) holds its lock", path.display())
             }
             DiskError::Lock { path, error } => write!(f, "cannot lock disk image {}: {error}", path.display()),
             DiskError::Size { path, error } => write!(f, "cannot find the size of disk image {}: {error}", path.display()),
