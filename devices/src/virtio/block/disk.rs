@@ -90,47 +90,81 @@ impl Disk {
         self.read_only
     }
 
-    /// Reads `len` bytes at `offset` into `buf`, which points at guest memory.
+    /// Reads `len` bytes at `offset` into `buf`.
     ///
     /// # Safety
-    /// `buf..buf + len` must be valid for writes (a guest RAM mapping that stays mapped).
+    /// `buf..buf + len` must be valid for writes.
     pub unsafe fn read_at(&self, offset: u64, buf: *mut u8, len: usize) -> io::Result<()> {
-        let mut done = 0;
-        while done < len {
-            let at = offset + done as u64;
-            // SAFETY: in bounds of the caller's buffer.
-            let n = unsafe { libc::pread(self.file.as_raw_fd(), buf.add(done).cast(), len - done, at as libc::off_t) };
-            match n {
-                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "disk image shrank under the guest")),
-                n if n < 0 => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-                n => done += n as usize,
-            }
-        }
-        Ok(())
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.read_vectored_at(offset, &[(buf, len)]) }
     }
 
-    /// Writes `len` bytes from `buf` (guest memory) at `offset`.
+    /// Writes `len` bytes from `buf` at `offset`.
     ///
     /// # Safety
     /// `buf..buf + len` must be valid for reads.
     pub unsafe fn write_at(&self, offset: u64, buf: *const u8, len: usize) -> io::Result<()> {
-        let mut done = 0;
-        while done < len {
-            let at = offset + done as u64;
-            // SAFETY: in bounds of the caller's buffer.
-            let n = unsafe { libc::pwrite(self.file.as_raw_fd(), buf.add(done).cast(), len - done, at as libc::off_t) };
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.write_vectored_at(offset, &[(buf.cast_mut(), len)]) }
+    }
+
+    /// Reads the image from `offset` into `bufs` in order, one `preadv` for a whole
+    /// request's scattered guest pages rather than one `pread` each.
+    ///
+    /// # Safety
+    /// Each `(ptr, len)` must be valid for writes (guest RAM that stays mapped).
+    pub unsafe fn read_vectored_at(&self, offset: u64, bufs: &[(*mut u8, usize)]) -> io::Result<()> {
+        // SAFETY: the caller's promise; preadv writes only into the buffers.
+        unsafe { self.transfer(offset, bufs, |fd, iov, n, at| libc::preadv(fd, iov, n, at)) }
+    }
+
+    /// Writes `bufs` in order to the image from `offset`, with `pwritev`.
+    ///
+    /// # Safety
+    /// Each `(ptr, len)` must be valid for reads.
+    pub unsafe fn write_vectored_at(&self, offset: u64, bufs: &[(*mut u8, usize)]) -> io::Result<()> {
+        // SAFETY: the caller's promise; pwritev only reads the buffers.
+        unsafe { self.transfer(offset, bufs, |fd, iov, n, at| libc::pwritev(fd, iov, n, at)) }
+    }
+
+    /// Runs `op` (preadv or pwritev) until every byte of `bufs` is transferred, picking
+    /// up after short transfers and EINTR.
+    unsafe fn transfer(
+        &self,
+        offset: u64,
+        bufs: &[(*mut u8, usize)],
+        op: impl Fn(libc::c_int, *const libc::iovec, libc::c_int, libc::off_t) -> libc::ssize_t,
+    ) -> io::Result<()> {
+        /// The POSIX minimum of IOV_MAX: a longer list goes in several calls.
+        const IOV_MAX: usize = 1024;
+        let mut iov: Vec<libc::iovec> =
+            bufs.iter().filter(|b| b.1 > 0).map(|&(base, len)| libc::iovec { iov_base: base.cast(), iov_len: len }).collect();
+        let mut first = 0;
+        let mut at = offset;
+        while first < iov.len() {
+            let count = (iov.len() - first).min(IOV_MAX);
+            let n = op(self.file.as_raw_fd(), iov[first..].as_ptr(), count as libc::c_int, at as libc::off_t);
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
-            } else {
-                done += n as usize;
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "disk image shrank under the guest"));
+            }
+            // Skip what was transferred: whole buffers, then part of the next.
+            let mut n = n as usize;
+            at += n as u64;
+            while n > 0 && n >= iov[first].iov_len {
+                n -= iov[first].iov_len;
+                first += 1;
+            }
+            if n > 0 {
+                // SAFETY: n < iov_len, so the advanced pointer stays inside the buffer.
+                iov[first].iov_base = unsafe { iov[first].iov_base.cast::<u8>().add(n) }.cast();
+                iov[first].iov_len -= n;
             }
         }
         Ok(())
@@ -249,6 +283,18 @@ mod tests {
         // Past the end of the file: an error, not a short read into guest memory.
         let mut far = [0u8; 8];
         assert!(unsafe { disk.read_at(1296, far.as_mut_ptr(), 8) }.is_err());
+    }
+
+    #[test]
+    fn vectored_io_keeps_buffer_order() {
+        let (_dir, path) = image(&[0u8; 4096]);
+        let disk = Disk::open(&path, false).unwrap();
+        let (mut a, mut b, mut c) = ([1u8; 3], [0u8; 0], [2u8; 5]);
+        let bufs = [(a.as_mut_ptr(), 3), (b.as_mut_ptr(), 0), (c.as_mut_ptr(), 5)];
+        unsafe { disk.write_vectored_at(100, &bufs).unwrap() };
+        let (mut x, mut y) = ([0u8; 4], [0u8; 6]);
+        unsafe { disk.read_vectored_at(99, &[(x.as_mut_ptr(), 4), (y.as_mut_ptr(), 6)]).unwrap() };
+        assert_eq!((x, y), ([0, 1, 1, 1], [2, 2, 2, 2, 2, 0]));
     }
 
     #[test]

@@ -203,6 +203,18 @@ fn scatter(mem: &GuestMemoryMmap, segments: &[Segment], bytes: &[u8]) -> Result<
     Ok(done)
 }
 
+/// The host addresses of `segments` (a segment may span two RAM regions).
+fn host_buffers(mem: &GuestMemoryMmap, segments: &[Segment]) -> Result<Vec<(*mut u8, usize)>, RequestError> {
+    let mut bufs = Vec::with_capacity(segments.len());
+    for s in segments {
+        for slice in mem.get_slices(s.addr, s.len as usize) {
+            let slice = slice.map_err(|e| RequestError::Io(e.to_string()))?;
+            bufs.push((slice.ptr_guard_mut().as_ptr(), slice.len()));
+        }
+    }
+    Ok(bufs)
+}
+
 /// Checks that `sectors` sectors at `sector` lie on a disk of `capacity` sectors.
 fn check_range(sector: u64, sectors: u64, capacity: u64) -> Result<(), RequestError> {
     match sector.checked_add(sectors) {
@@ -347,30 +359,16 @@ impl Request {
         let io = |e: std::io::Error| RequestError::Io(e.to_string());
         match &self.kind {
             RequestKind::In { sector, data } => {
-                let mut offset = sector * SECTOR_SIZE;
-                for s in data {
-                    for slice in mem.get_slices(s.addr, s.len as usize) {
-                        let slice = slice.map_err(|e| RequestError::Io(e.to_string()))?;
-                        let guard = slice.ptr_guard_mut();
-                        // SAFETY: the slice is guest RAM, mapped for the VM's lifetime,
-                        // which outlives the worker doing this request.
-                        unsafe { disk.read_at(offset, guard.as_ptr(), slice.len()).map_err(io)? };
-                        offset += slice.len() as u64;
-                    }
-                }
+                let bufs = host_buffers(mem, data)?;
+                // SAFETY: the buffers are guest RAM, mapped for as long as `mem` (which
+                // the worker holds) lives.
+                unsafe { disk.read_vectored_at(sector * SECTOR_SIZE, &bufs).map_err(io)? };
                 Ok(total(data) as u32)
             }
             RequestKind::Out { sector, data } => {
-                let mut offset = sector * SECTOR_SIZE;
-                for s in data {
-                    for slice in mem.get_slices(s.addr, s.len as usize) {
-                        let slice = slice.map_err(|e| RequestError::Io(e.to_string()))?;
-                        let guard = slice.ptr_guard();
-                        // SAFETY: as above, for reads.
-                        unsafe { disk.write_at(offset, guard.as_ptr(), slice.len()).map_err(io)? };
-                        offset += slice.len() as u64;
-                    }
-                }
+                let bufs = host_buffers(mem, data)?;
+                // SAFETY: as above.
+                unsafe { disk.write_vectored_at(sector * SECTOR_SIZE, &bufs).map_err(io)? };
                 Ok(0)
             }
             RequestKind::Flush => disk.flush().map(|_| 0).map_err(io),
