@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the initramfs hvrun's tests and demo boot: busybox-static, guest/init, the
-# checks of guest/checks/, optionally kernel modules.
+# checks of guest/checks/, the guest tools of guest/tools/ (each NAME.c built static into
+# /bin/NAME), optionally kernel modules.
 #
 #   scripts/build-initramfs.sh [--out PATH] [--modules-from DIR --modules "NAME..."]
 #
@@ -23,6 +24,8 @@ out="$repo/.cache/guest/initramfs.cpio.gz"
 modules_from=
 modules=
 busybox=/bin/busybox    # from busybox-static: must be static, the initramfs has no libc
+cc=gcc                  # guest tools: static, so they run without a libc in the guest
+cflags=(-static -O2 -s -Wall -Wextra)
 
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -43,6 +46,13 @@ if ! LC_ALL=C readelf -d "$busybox" 2>/dev/null | grep -q 'There is no dynamic s
     die "$busybox is not statically linked: install busybox-static"
 fi
 command -v cpio >/dev/null || die "cpio missing: run scripts/setup.sh"
+tools=("$repo"/guest/tools/*.c)
+[[ -e ${tools[0]} ]] || tools=()
+if [[ ${#tools[@]} -gt 0 ]]; then
+    command -v "$cc" >/dev/null || die "$cc missing: run scripts/setup.sh (gcc, libc6-dev)"
+    libc_a=$("$cc" -print-file-name=libc.a)
+    [[ -f $libc_a ]] || die "no static libc for $cc: run scripts/setup.sh (libc6-dev)"
+fi
 
 # --- modules --------------------------------------------------------------------------
 resolved=()     # "name path", load order
@@ -57,10 +67,15 @@ if [[ -n $modules_from ]]; then
 fi
 
 # --- up to date? ------------------------------------------------------------------------
-# Everything the archive is made of: this script, init, checks, busybox, module files.
+# Everything the archive is made of: this script, init, checks, busybox, module files,
+# the tools' sources and what builds them (the compiler, and the libc linked in).
 key=$( {
     sha256sum "${BASH_SOURCE[0]}" "$repo/scripts/lib/kmod.sh" "$repo/guest/init" \
         "$repo"/guest/checks/* "$busybox"
+    if [[ ${#tools[@]} -gt 0 ]]; then
+        sha256sum "${tools[@]}" "$(readlink -f "$(command -v "$cc")")" "$libc_a"
+        "$cc" --version | head -n1
+    fi
     for r in "${resolved[@]}"; do
         echo "$r"; stat -L -c '%s %Y' "${r#* }"
     done
@@ -85,6 +100,12 @@ for a in $("$busybox" --list); do
 done
 install -m 755 "$repo/guest/init" "$stage/init"
 for c in "$repo"/guest/checks/*; do install -m 755 "$c" "$stage/checks/${c##*/}"; done
+# Compiled from guest/tools/ (relative names: no build path ends up in the binary).
+for t in "${tools[@]}"; do
+    n=${t##*/}; n=${n%.c}
+    (cd "$repo/guest/tools" && "$cc" "${cflags[@]}" -o "$stage/bin/$n" "$n.c") ||
+        die "building guest/tools/$n.c failed"
+done
 # No /dev/console here: the kernel's built-in initramfs provides it (the cpio is
 # unpacked over it), and creating device nodes would need root.
 for r in "${resolved[@]}"; do
