@@ -10,8 +10,4 @@ cd "$repo"
 # shellcheck source=lib/guest-env.sh
 . "$repo/scripts/lib/guest-env.sh"
 args=(python3 "$repo/scripts/bench-boot.py" --hvrun "$repo/target/release/hvrun" --kernel "$kernel" --initrd "$initrd" "$@")
-if [[ $("$repo/scripts/kvm-kind.sh") == hardware ]]; then
-    "${args[@]}"
-else
-    "$repo/scripts/sandbox.sh" --timeout 1800 -- "${args[@]}"
-fi
+on_kvm 1800 "${args[@]}"

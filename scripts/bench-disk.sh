@@ -13,8 +13,4 @@ cd "$repo"
 # shellcheck source=scripts/lib/guest-env.sh
 . "$repo/scripts/lib/guest-env.sh"
 args=(python3 "$repo/scripts/bench-disk.py" --hvrun "$repo/target/release/hvrun" --kernel "$kernel" --initrd "$initrd" "$@")
-if [[ $("$repo/scripts/kvm-kind.sh") == hardware ]]; then
-    "${args[@]}"
-else
-    "$repo/scripts/sandbox.sh" --timeout 3600 -- "${args[@]}"
-fi
+on_kvm 3600 "${args[@]}"
