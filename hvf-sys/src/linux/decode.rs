@@ -6,8 +6,8 @@
 //! RIP (string/REP bits, immediate port) or, when KVM already retired it, backwards: the
 //! candidates of length 1..15 ending at RIP that decode to exactly that length and are an
 //! instruction of the reported kind.
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, MemorySize, OpAccess, OpKind,
-    Register};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, MemorySize, Mnemonic, OpAccess,
+    OpKind, Register};
 
 /// Longest x86 instruction (SDM vol. 2, 2.3.11).
 pub const MAX_INSN_LEN: usize = 15;
@@ -363,15 +363,39 @@ fn store_match(instr: &Instruction, regs: &dyn RegisterFile, size: usize, gpa: u
     writes_to(instr, regs, size, gpa, how).then_some(Store { len: instr.len(), rewound: None })
 }
 
-/// Backwards search for a store of `size` bytes to `gpa` that ends at `end_ip`.
-/// Shortest candidate first, as in [`io_before`].
+/// Whether `instr` stores `data` (the bytes KVM reports written), where the value can be
+/// known from registers: MOV and STOS from a register or an immediate. Unknown values
+/// (and an empty `data`) agree. This tells apart candidates that differ only in a REX
+/// prefix: `44 89 60 30` (mov [rax+0x30], r12d) ends with `89 60 30` (mov [rax+0x30],
+/// esp), the same store to the same address from another register.
+fn stores_value(instr: &Instruction, regs: &dyn RegisterFile, data: &[u8]) -> bool {
+    let value_op = matches!(
+        instr.mnemonic(),
+        Mnemonic::Mov | Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq
+    ) && instr.op_count() == 2;
+    if data.is_empty() || data.len() > 8 || !value_op {
+        return true;
+    }
+    let value = match instr.op1_kind() {
+        OpKind::Register => register_value(regs, instr.op1_register(), instr.next_ip()),
+        OpKind::Immediate8 | OpKind::Immediate16 | OpKind::Immediate32 | OpKind::Immediate8to32
+        | OpKind::Immediate8to64 | OpKind::Immediate32to64 | OpKind::Immediate64 => Some(instr.immediate(1)),
+        _ => None,
+    };
+    value.is_none_or(|v| v.to_le_bytes()[..data.len()] == *data)
+}
+
+/// Backwards search for a store of `size` bytes to `gpa` that ends at `end_ip`, of the
+/// value `data` when that can be checked ([`stores_value`]). Shortest candidate first,
+/// as in [`io_before`].
+#[allow(clippy::too_many_arguments)]
 pub fn store_before(bitness: u32, before: &[u8], end_ip: u64, regs: &dyn RegisterFile, size: usize, gpa: u64,
-    how: AddressMatch) -> Option<Store> {
+    how: AddressMatch, data: &[u8]) -> Option<Store> {
     for len in 1..=before.len().min(MAX_INSN_LEN) {
         let start = before.len() - len;
         let ip = end_ip.wrapping_sub(len as u64);
         if let Some(instr) = decode_one(bitness, &before[start..], ip) {
-            if instr.len() == len {
+            if instr.len() == len && stores_value(&instr, regs, data) {
                 if let Some(store) = store_match(&instr, regs, size, gpa, how) {
                     return Some(store);
                 }
@@ -417,6 +441,8 @@ mod tests {
         ds_base: u64,
         es_base: u64,
         rflags: u64,
+        rsp: u64,
+        r12: u64,
     }
 
     impl RegisterFile for Regs {
@@ -427,6 +453,8 @@ mod tests {
                 Register::RCX => Some(self.rcx),
                 Register::RSI => Some(self.rsi),
                 Register::RDI => Some(self.rdi),
+                Register::RSP => Some(self.rsp),
+                Register::R12 => Some(self.r12),
                 _ => Some(0),
             }
         }
@@ -498,24 +526,40 @@ mod tests {
         let code = [0xb9, 0x05, 0x00, 0x00, 0x00, 0x89, 0x43, 0x08];
         let regs = Regs { rax: 0x1234, rbx: 0xfee0_0000, ds_base: 0, ..Default::default() };
         let end = 0x2000 + code.len() as u64;
-        assert_eq!(store_before(64, &code, end, &regs, 4, 0xfee0_0008, AddressMatch::Exact).map(|s| s.len), Some(3));
+        assert_eq!(store_before(64, &code, end, &regs, 4, 0xfee0_0008, AddressMatch::Exact, &[]).map(|s| s.len), Some(3));
         // Wrong size or address: no candidate.
-        assert_eq!(store_before(64, &code, end, &regs, 8, 0xfee0_0008, AddressMatch::Exact).map(|s| s.len), None);
-        assert_eq!(store_before(64, &code, end, &regs, 4, 0xfee0_0010, AddressMatch::Exact).map(|s| s.len), None);
+        assert_eq!(store_before(64, &code, end, &regs, 8, 0xfee0_0008, AddressMatch::Exact, &[]).map(|s| s.len), None);
+        assert_eq!(store_before(64, &code, end, &regs, 4, 0xfee0_0010, AddressMatch::Exact, &[]).map(|s| s.len), None);
         // With paging only the page offset is compared.
-        assert_eq!(store_before(64, &code, end, &regs, 4, 0x1_2345_6008, AddressMatch::PageOffset).map(|s| s.len), Some(3));
+        assert_eq!(store_before(64, &code, end, &regs, 4, 0x1_2345_6008, AddressMatch::PageOffset, &[]).map(|s| s.len), Some(3));
         // mov [rbx+8], rax (48 89 43 08): the REX.W byte belongs to it.
         let code = [0x90, 0x48, 0x89, 0x43, 0x08];
-        assert_eq!(store_before(64, &code, 0x3005, &regs, 8, 0xfee0_0008, AddressMatch::Exact).map(|s| s.len), Some(4));
+        assert_eq!(store_before(64, &code, 0x3005, &regs, 8, 0xfee0_0008, AddressMatch::Exact, &[]).map(|s| s.len), Some(4));
+    }
+
+    #[test]
+    fn the_stored_value_picks_the_rex_prefixed_store() {
+        // mov [rax+0x30], r12d (44 89 60 30) ends with mov [rax+0x30], esp (89 60 30): the
+        // same size and address. Only the value written tells them apart.
+        let code = [0x90, 0x44, 0x89, 0x60, 0x30];
+        let regs = Regs { rax: 0xd000_0000, rsp: 0xffff_c900_0001_3e80, r12: 0, ..Default::default() };
+        let find = |data: &[u8]| store_before(64, &code, 0x1005, &regs, 4, 0xd000_0030, AddressMatch::PageOffset, data);
+        assert_eq!(find(&[0, 0, 0, 0]).map(|s| s.len), Some(4));
+        assert_eq!(find(&0x0001_3e80u32.to_le_bytes()).map(|s| s.len), Some(3));
+        // An immediate store: mov dword [rax+0x30], 2 (C7 40 30 02 00 00 00).
+        let code = [0xc7, 0x40, 0x30, 0x02, 0x00, 0x00, 0x00];
+        let find = |data: &[u8]| store_before(64, &code, 0x1007, &regs, 4, 0xd000_0030, AddressMatch::PageOffset, data);
+        assert_eq!(find(&[2, 0, 0, 0]).map(|s| s.len), Some(7));
+        assert_eq!(find(&[3, 0, 0, 0]).map(|s| s.len), None);
     }
 
     #[test]
     fn real_mode_store_uses_the_segment_base() {
         // 16-bit: mov [bx], al (88 07) with DS base 0x10000 and BX 0x20.
         let regs = Regs { rax: 0x41, rbx: 0x20, ds_base: 0x10000, ..Default::default() };
-        assert_eq!(store_before(16, &[0x88, 0x07], 0x102, &regs, 1, 0x10020, AddressMatch::Exact).map(|s| s.len), Some(2));
+        assert_eq!(store_before(16, &[0x88, 0x07], 0x102, &regs, 1, 0x10020, AddressMatch::Exact, &[]).map(|s| s.len), Some(2));
         // A load (mov al, [bx]: 8A 07) is no store.
-        assert_eq!(store_before(16, &[0x8a, 0x07], 0x102, &regs, 1, 0x10020, AddressMatch::Exact).map(|s| s.len), None);
+        assert_eq!(store_before(16, &[0x8a, 0x07], 0x102, &regs, 1, 0x10020, AddressMatch::Exact, &[]).map(|s| s.len), None);
     }
 
     const DF: u64 = RFLAGS_DF;
@@ -606,7 +650,7 @@ mod tests {
         let code = [0x66, 0xb9, 0x04, 0x00, 0x00, 0x00];
         let stos = [0xf3, 0x66, 0xab];
         let regs = Regs { rdi: 0x84, rcx: 3, es_base: 0xd0000, ..Default::default() };
-        assert_eq!(store_before(16, &code, 0x106, &regs, 4, 0xd0080, AddressMatch::Exact), None);
+        assert_eq!(store_before(16, &code, 0x106, &regs, 4, 0xd0080, AddressMatch::Exact, &[]), None);
         let store = store_at(16, &stos, 0x106, &regs, 4, 0xd0080, AddressMatch::Exact).expect("found");
         assert_eq!(store, Store { len: 3, rewound: Some(IndexRegs { rsi: 0, rdi: 0x80, rcx: 4 }) });
         // Registers not yet advanced (DI still at the element): matched as they are.
@@ -624,7 +668,7 @@ mod tests {
         // which the backwards search alone would take.
         let code = [0xb8, 0xa5, 0xa5, 0xa5, 0xa5];
         let regs = Regs { rax: 0xa5a5_a5a5, rdi: 0xd0084, rcx: 3, ..Default::default() };
-        assert_eq!(store_before(32, &code, 0x8010, &regs, 4, 0xd0080, AddressMatch::PageOffset).map(|s| s.len), Some(1));
+        assert_eq!(store_before(32, &code, 0x8010, &regs, 4, 0xd0080, AddressMatch::PageOffset, &[]).map(|s| s.len), Some(1));
         let store = rep_store_at(32, &[0xf3, 0xab], 0x8010, &regs, 4, 0xd0080, AddressMatch::PageOffset);
         assert_eq!(store, Some(Store { len: 2, rewound: Some(IndexRegs { rsi: 0, rdi: 0xd0080, rcx: 4 }) }));
         // Without REP it is not taken at RIP.
@@ -636,9 +680,9 @@ mod tests {
         // 64-bit, paging: nop; movsb (A4) already retired, RIP past it, RSI/RDI one
         // further (DF=1: one lower). The destination was 0xffff_8000_0000_00a0.
         let regs = Regs { rsi: 0x2010 - 1, rdi: 0xffff_8000_0000_009f, rcx: 5, rflags: DF, ..Default::default() };
-        let store = store_before(64, &[0x90, 0xa4], 0x4002, &regs, 1, 0xd00a0, AddressMatch::PageOffset).expect("found");
+        let store = store_before(64, &[0x90, 0xa4], 0x4002, &regs, 1, 0xd00a0, AddressMatch::PageOffset, &[]).expect("found");
         assert_eq!(store, Store { len: 1, rewound: Some(IndexRegs { rsi: 0x2010, rdi: 0xffff_8000_0000_00a0, rcx: 5 }) });
         // A load from there (lodsb, AC) is no store.
-        assert_eq!(store_before(64, &[0x90, 0xac], 0x4002, &regs, 1, 0xd00a0, AddressMatch::PageOffset), None);
+        assert_eq!(store_before(64, &[0x90, 0xac], 0x4002, &regs, 1, 0xd00a0, AddressMatch::PageOffset, &[]), None);
     }
 }

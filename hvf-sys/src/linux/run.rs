@@ -394,7 +394,8 @@ fn mmio_exit(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> Result<ExitInfo, hv_re
             decode::rep_store_at(bitness, &forward, snap.regs.rip, &snap, len, gpa, how)
                 .map(|store| (snap.regs.rip, store))
                 .or_else(|| {
-                    decode::store_before(bitness, &before, snap.regs.rip, &snap, len, gpa, how)
+                    let data = &mmio.data[..len.min(mmio.data.len())];
+                    decode::store_before(bitness, &before, snap.regs.rip, &snap, len, gpa, how, data)
                         .map(|store| (snap.regs.rip.wrapping_sub(store.len as u64), store))
                 })
                 .or_else(|| {
