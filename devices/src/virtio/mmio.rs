@@ -187,6 +187,13 @@ impl MmioTransport {
                     _ => log::debug!("virtio-mmio: write to unused queue register {offset:#x}"),
                 }
             }
+            // Linux's del_vqs disables each queue after the reset that ends a driver's
+            // use of the device: turning a queue off is fine in any step before DRIVER_OK.
+            reg::QUEUE_READY if value == 0 && !status.contains(DeviceStatus::DRIVER_OK) => {
+                if let Some(queue) = s.queues.get_mut(s.queue_sel as usize) {
+                    queue.set_ready(false);
+                }
+            }
             reg::QUEUE_NOTIFY if s.active => {
                 // The driver has buffers for a queue. With no ioeventfd on a Mac this
                 // arrives as an MMIO exit on the vCPU thread; the device hands it to its
@@ -461,10 +468,14 @@ mod tests {
         w(t, reg::INTERRUPT_ACK, InterruptReason::USED_BUFFER.bits());
         assert_eq!(r(t, reg::INTERRUPT_STATUS), 0);
 
-        // Reset: the worker stops, every register is back to its initial value.
+        // Reset: the worker stops, every register is back to its initial value. Then, as
+        // Linux's del_vqs does, the driver turns the queue off: no driver error.
         w(t, reg::STATUS, 0);
         assert_eq!(r(t, reg::STATUS), 0);
         assert_eq!(r(t, reg::QUEUE_READY), 0);
+        w(t, reg::QUEUE_SEL, 0);
+        w(t, reg::QUEUE_READY, 0);
+        assert_eq!(r(t, reg::STATUS), 0);
         // A notify after the reset does nothing (and does not crash).
         w(t, reg::QUEUE_NOTIFY, 0);
         assert_eq!(q.used().idx().load(), 1);
