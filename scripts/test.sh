@@ -86,11 +86,15 @@ EOF
             echo 'rc=0'
             while IFS=$'\t' read -r dir exe; do
                 printf 'echo "     Running %s"\n' "${exe#"$repo"/}"
-                printf 'cd %q && %q --test-threads=1' "$dir" "$exe"
+                # A hung binary (a vCPU that never returns) fails by itself after 10
+                # minutes, with its threads' backtraces, instead of using up the
+                # sandbox's whole time.
+                printf 'cd %q && %q 600 %q --test-threads=1' "$dir" "$repo/scripts/lib/deadline.sh" "$exe"
                 [[ ${#test_args[@]} -eq 0 ]] || printf ' %q' "${test_args[@]}"
                 printf '\ns=$?\n'
                 # Leading newline: a crash can leave a line like "test foo ... " open.
-                printf 'if [ $s -ne 0 ]; then printf "\\nhvrun-test: %s exited with status $s\\n"; rc=1; fi\n' \
+                printf 'if [ $s -eq 124 ]; then printf "\\nhvrun-test: %s timed out (hung)\\n"; rc=1\n' "${exe##*/}"
+                printf 'elif [ $s -ne 0 ]; then printf "\\nhvrun-test: %s exited with status $s\\n"; rc=1; fi\n' \
                     "${exe##*/}"
             done <"$work/exes"
             echo 'exit $rc'

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# deadline.sh SECONDS CMD...: runs CMD; if it is still running after SECONDS, prints
+# every thread's backtrace (with gdb, when installed) so that a hang can be diagnosed,
+# then kills it and exits 124. Otherwise exits with CMD's status.
+secs=$1
+shift
+"$@" &
+pid=$!
+(
+    # Killed early when CMD ends: take the sleep along.
+    trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    sleep "$secs" &
+    nap=$!
+    wait "$nap"
+    kill -0 "$pid" 2>/dev/null || exit 0
+    echo "deadline: $* still running after ${secs}s; thread backtraces:"
+    if command -v gdb >/dev/null; then
+        gdb -p "$pid" -batch -ex 'thread apply all bt' 2>&1 | grep -E '^(Thread|#)' | head -200
+    fi
+    kill -9 "$pid"
+) &
+watchdog=$!
+wait "$pid"
+status=$?
+kill "$watchdog" 2>/dev/null
+wait "$watchdog" 2>/dev/null
+# Killed by the watchdog (SIGKILL): report a timeout like timeout(1) does.
+[[ $status -eq 137 ]] && status=124
+exit "$status"
