@@ -38,10 +38,11 @@ pub mod block_features {
 /// Data descriptors per request: the queue holds a whole request, header and status
 /// take two descriptors (the usual choice, as with Linux's own sizing).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
-/// Discard and write-zeroes limits: one range of up to 4 GiB - 512 per request... in
-/// sectors, the largest a u32 holds, and a few ranges per request.
-pub const MAX_DISCARD_SECTORS: u32 = u32::MAX;
-pub const MAX_DISCARD_SEGMENTS: u32 = 16;
+/// Discard and write-zeroes limits, the same for both: a range may be as long as its
+/// u32 sector count allows (hole punching costs the same for any length), and a request
+/// may carry a few ranges.
+pub const MAX_RANGE_SECTORS: u32 = u32::MAX;
+pub const MAX_RANGES: u32 = 16;
 
 /// Configuration-space layout (virtio 1.2, 5.2.4, struct virtio_blk_config).
 mod config {
@@ -121,10 +122,10 @@ impl Block {
         let limits = Limits {
             capacity: disk.sectors(),
             read_only: disk.read_only(),
-            max_discard_sectors: MAX_DISCARD_SECTORS,
-            max_discard_segments: MAX_DISCARD_SEGMENTS,
-            max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
-            max_write_zeroes_segments: MAX_DISCARD_SEGMENTS,
+            max_discard_sectors: MAX_RANGE_SECTORS,
+            max_discard_segments: MAX_RANGES,
+            max_write_zeroes_sectors: MAX_RANGE_SECTORS,
+            max_write_zeroes_segments: MAX_RANGES,
         };
         let mut features = features::VERSION_1
             | features::RING_EVENT_IDX
@@ -144,10 +145,6 @@ impl Block {
             features,
             worker: None,
         }
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// The image, for a last flush when hvrun exits.
