@@ -12,7 +12,7 @@
 # Ends with the line "N passed, N failed" (summed over every libtest result line) and
 # exits non-zero if a test failed, a test binary crashed, a build or the sandbox failed.
 #
-# Environment: HVRUN_SANDBOX_TIMEOUT (seconds, default 1800), HVRUN_SANDBOX_MEM (4G),
+# Environment: HVRUN_SANDBOX_TIMEOUT (seconds, default 2700), HVRUN_SANDBOX_MEM (8G),
 # HVRUN_KVM_KIND (forces scripts/kvm-kind.sh's answer, e.g. software to test the sandbox
 # path on a hardware machine).
 set -euo pipefail
@@ -86,10 +86,11 @@ EOF
             echo 'rc=0'
             while IFS=$'\t' read -r dir exe; do
                 printf 'echo "     Running %s"\n' "${exe#"$repo"/}"
-                # A hung binary (a vCPU that never returns) fails by itself after 10
-                # minutes, with its threads' backtraces, instead of using up the
-                # sandbox's whole time.
-                printf 'cd %q && %q 600 %q --test-threads=1' "$dir" "$repo/scripts/lib/deadline.sh" "$exe"
+                # A hung binary (a vCPU that never returns) fails by itself after 15
+                # minutes (longer than any one test's own timeout, so those report
+                # first), with its and its children's backtraces, instead of using up
+                # the sandbox's whole time.
+                printf 'cd %q && %q 900 %q --test-threads=1' "$dir" "$repo/scripts/lib/deadline.sh" "$exe"
                 [[ ${#test_args[@]} -eq 0 ]] || printf ' %q' "${test_args[@]}"
                 printf '\ns=$?\n'
                 # Leading newline: a crash can leave a line like "test foo ... " open.
@@ -105,7 +106,7 @@ EOF
             HVRUN_KVM=hardware bash "$work/run-e2e.sh" 2>&1 | tee "$work/e2e.log"
         else
             HVRUN_KVM=sandbox "$repo/scripts/sandbox.sh" \
-                --timeout "${HVRUN_SANDBOX_TIMEOUT:-1800}" --mem "${HVRUN_SANDBOX_MEM:-4G}" \
+                --timeout "${HVRUN_SANDBOX_TIMEOUT:-2700}" --mem "${HVRUN_SANDBOX_MEM:-8G}" \
                 -- bash "$work/run-e2e.sh" 2>&1 | tee "$work/e2e.log"
         fi
         rc=${PIPESTATUS[0]}

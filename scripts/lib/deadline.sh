@@ -14,10 +14,20 @@ pid=$!
     wait "$nap"
     kill -0 "$pid" 2>/dev/null || exit 0
     echo "deadline: $* still running after ${secs}s; thread backtraces:"
-    if command -v gdb >/dev/null; then
-        gdb -p "$pid" -batch -ex 'thread apply all bt' 2>&1 | grep -E '^(Thread|#)' | head -200
-    fi
-    kill -9 "$pid"
+    # CMD and its descendants (a test's hvrun child is where a guest hang would be).
+    procs=$pid
+    frontier=$pid
+    while [[ -n $frontier ]]; do
+        frontier=$(for p in $frontier; do pgrep -P "$p"; done)
+        procs="$procs $frontier"
+    done
+    for p in $procs; do
+        echo "--- process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-200)"
+        if command -v gdb >/dev/null; then
+            gdb -p "$p" -batch -ex 'thread apply all bt 12' 2>&1 | grep -E '^(Thread|#)' | head -150
+        fi
+    done
+    kill -9 $procs
 ) &
 watchdog=$!
 wait "$pid"
