@@ -16,9 +16,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
-if [[ ! -x /usr/bin/cargo || ! -x /usr/bin/rustc || ! -d /usr/lib/rustlib/src/rust/library ]]; then
-    "$repo/scripts/setup.sh"
-fi
+# Installs Debian's Rust, or upgrades one older than the workspace's rust-version
+# (quick when nothing is missing).
+"$repo/scripts/setup.sh"
 
 # Debian's cargo and rustc by absolute path, with rustup out of the way: rustup's proxies
 # in ~/.cargo/bin would otherwise pick rustup's toolchain for rustc and build scripts.

@@ -17,10 +17,10 @@ cache="$repo/.cache/sandbox"
 
 packages=(
     qemu-system-x86 busybox-static cpio          # the test sandbox
-    rustc-web cargo-web rust-web-src             # scripts/check-macos.sh (-Zbuild-std)
     gcc libc6-dev                                # linker for host builds
     g++                                          # libFuzzer, built by scripts/fuzz.sh
     e2fsprogs                                    # ext4 disk images for the disk tests
+    gdb                                          # backtraces of a hung hvrun (tests, boot loop)
     python3 xz-utils ca-certificates             # test.sh parses cargo's JSON; cargo's TLS
 )
 
@@ -31,6 +31,11 @@ log() { echo "setup: $*" >&2; }
 
 # --- apt packages -------------------------------------------------------------------
 apt_install_missing "${packages[@]}"
+
+# Debian's Rust for scripts/check-macos.sh (-Zbuild-std): at least the workspace's
+# rust-version, which the stale lists of a new machine do not offer.
+rust_version=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
+apt_require_version rustc-web "$rust_version" rustc-web cargo-web rust-web-src
 
 # --- sandbox kernel -----------------------------------------------------------------
 pkg=$(kernel_package linux-image-amd64)

@@ -35,6 +35,12 @@ trap 'rm -rf "$work"' EXIT
 
 problems=()   # one line per failure that is not a failing test (build, crash, sandbox)
 
+# The minimal guest kernel: the boot crate's unit tests load it, the boot tests run it.
+# Built from the recipe (scripts/build-kernel.sh) where there is no shared/ beside the
+# repository, as in a user's clone.
+HVRUN_GUEST_KERNEL=$("$repo/scripts/guest-kernel.sh")
+export HVRUN_GUEST_KERNEL HVRUN_TEST_KERNEL=$HVRUN_GUEST_KERNEL
+
 # --- unit tests on the host ------------------------------------------------------------
 echo "=== unit tests (host)"
 set +e
@@ -51,11 +57,11 @@ if [[ $has_e2e != True ]]; then
 else
     echo "=== end-to-end tests: building (tests, the hvrun command, the guests)"
     set +e
-    cargo build -p hvrun && cargo test -p hvrun-tests --no-run --message-format=json >"$work/build.json"
+    cargo build -p hvrun && cargo build --release -p hvrun &&
+        cargo test -p hvrun-tests --no-run --message-format=json >"$work/build.json"
     rc=$?
     set -e
     # The guests the boot tests run (cached under .cache/guest; see the scripts).
-    HVRUN_GUEST_KERNEL=$("$repo/scripts/guest-kernel.sh")
     HVRUN_GUEST_INITRD=$("$repo/scripts/build-initramfs.sh")
     cloud=$("$repo/scripts/cloud-kernel.sh")
     HVRUN_CLOUD_KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$cloud")
@@ -97,7 +103,24 @@ EOF
                 printf 'if [ $s -eq 124 ]; then printf "\\nhvrun-test: %s timed out (hung)\\n"; rc=1\n' "${exe##*/}"
                 printf 'elif [ $s -ne 0 ]; then printf "\\nhvrun-test: %s exited with status $s\\n"; rc=1; fi\n' \
                     "${exe##*/}"
+                # The interrupt tests again with kicks outside run kept instead of lost:
+                # Apple documents neither, hvrun must be right under both.
+                if [[ ${exe##*/} == interrupts-* ]]; then
+                    printf 'echo "     Running %s (HVRUN_KICK_MODE=kept)"\n' "${exe#"$repo"/}"
+                    printf 'cd %q && HVRUN_KICK_MODE=kept %q 900 %q --test-threads=1' "$dir" "$repo/scripts/lib/deadline.sh" "$exe"
+                    [[ ${#test_args[@]} -eq 0 ]] || printf ' %q' "${test_args[@]}"
+                    printf '\nif [ $? -ne 0 ]; then printf "\\nhvrun-test: %s (kicks kept) failed\\n"; rc=1; fi\n' "${exe##*/}"
+                fi
             done <"$work/exes"
+            # A short boot loop: 10 boots of the minimal kernel with hvrun, alternating
+            # with QEMU microvm (scripts/boot-loop.sh runs long ones). A hang shows hvrun's
+            # state dump and backtraces.
+            if [[ ${#test_args[@]} -eq 0 ]]; then
+                printf 'echo "     Running the boot loop (10 boots)"\n'
+                printf 'cd %q && python3 scripts/boot-loop.py --hvrun %q --kernel %q --initrd %q --boots 10 --deadline 120\n' \
+                    "$repo" "$repo/target/release/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
+                printf 'if [ $? -ne 0 ]; then printf "\\nhvrun-test: the boot loop failed\\n"; rc=1; fi\n'
+            fi
             echo 'exit $rc'
         } >"$work/run-e2e.sh"
         echo "=== end-to-end tests: $(wc -l <"$work/exes") binaries, KVM: $kind, running on: $mode"

@@ -6,11 +6,21 @@ use linux_loader::loader::bootparam::boot_params;
 use std::io::{Cursor, Write};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-/// The test kernel: HVRUN_TEST_KERNEL, else shared/guest/bzImage-min beside the repo.
+/// The test kernel, found as scripts/guest-kernel.sh finds it: HVRUN_TEST_KERNEL, else
+/// shared/guest/bzImage-min beside the repo, else the one the recipe built in
+/// .cache/guest/ (a user's clone has no shared/; scripts/test.sh builds it first).
 /// Missing is a failure, not a skip: these tests are about a real kernel.
 fn kernel_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("HVRUN_TEST_KERNEL") {
+        return PathBuf::from(path);
+    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::env::var_os("HVRUN_TEST_KERNEL").map(PathBuf::from).unwrap_or_else(|| repo.join("../shared/guest/bzImage-min"))
+    let shared = repo.join("../shared/guest/bzImage-min");
+    if shared.exists() {
+        shared
+    } else {
+        repo.join(".cache/guest/bzImage-min")
+    }
 }
 
 fn kernel_bytes() -> Vec<u8> {

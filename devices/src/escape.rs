@@ -1,7 +1,7 @@
 //! The console escape sequence, as a pure state machine over the bytes read from the
-//! terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A to the guest, and Ctrl-A
-//! followed by anything else sends both bytes unchanged (nothing typed is lost). A Ctrl-A
-//! at the end of one read waits for the next read.
+//! terminal: Ctrl-A x quits, Ctrl-A i prints the state dump, Ctrl-A Ctrl-A sends one
+//! Ctrl-A to the guest, and Ctrl-A followed by anything else sends both bytes unchanged
+//! (nothing typed is lost). A Ctrl-A at the end of one read waits for the next read.
 pub const CTRL_A: u8 = 0x01;
 
 /// What the terminal's bytes mean.
@@ -11,6 +11,8 @@ pub enum Input {
     Bytes(Vec<u8>),
     /// The user asked to quit (Ctrl-A x).
     Quit,
+    /// The user asked for the state dump (Ctrl-A i).
+    Dump,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,6 +46,12 @@ impl Escape {
                         }
                         out.push(Input::Quit);
                         return out;
+                    }
+                    b'i' => {
+                        if !bytes.is_empty() {
+                            out.push(Input::Bytes(std::mem::take(&mut bytes)));
+                        }
+                        out.push(Input::Dump);
                     }
                     CTRL_A => bytes.push(CTRL_A),
                     other => bytes.extend_from_slice(&[CTRL_A, other]),
@@ -94,6 +102,14 @@ mod tests {
     fn other_escapes_pass_both_bytes() {
         let mut e = Escape::new();
         assert_eq!(e.feed(b"\x01c\x01X"), [bytes(b"\x01c\x01X")]);
+    }
+
+    #[test]
+    fn ctrl_a_i_asks_for_the_dump_in_order() {
+        let mut e = Escape::new();
+        assert_eq!(e.feed(b"ab\x01icd"), [bytes(b"ab"), Input::Dump, bytes(b"cd")]);
+        assert_eq!(e.feed(b"\x01"), []);
+        assert_eq!(e.feed(b"i"), [Input::Dump]);
     }
 
     #[test]

@@ -76,6 +76,38 @@ struct State {
     pins: [Pin; IOAPIC_PINS],
 }
 
+/// The IOAPIC's pins at one moment, for the state dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoapicSnapshot {
+    pub entries: [u64; IOAPIC_PINS],
+    pub asserted: [bool; IOAPIC_PINS],
+}
+
+impl std::fmt::Display for IoapicSnapshot {
+    /// One line per pin that is unmasked or asserted (the others are masked and idle).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "  ioapic:")?;
+        let mut any = false;
+        for (pin, (&entry, &asserted)) in self.entries.iter().zip(&self.asserted).enumerate() {
+            if entry & RTE_MASKED != 0 && !asserted {
+                continue;
+            }
+            any = true;
+            let m = message(entry);
+            write!(f, "\n    pin {pin:2}: vector {:#04x} {:?} {} {} dest {:#x}{}{}, line {}",
+                m.vector, m.mode, if m.level { "level" } else { "edge" },
+                if m.logical { "logical" } else { "physical" }, m.dest,
+                if entry & RTE_MASKED != 0 { ", masked" } else { "" },
+                if entry & RTE_REMOTE_IRR != 0 { ", remote IRR" } else { "" },
+                if asserted { "high" } else { "low" })?;
+        }
+        if !any {
+            write!(f, " every pin masked and low")?;
+        }
+        Ok(())
+    }
+}
+
 /// The IOAPIC. Map it at [`IOAPIC_BASE`] on the MMIO bus.
 pub struct Ioapic {
     state: Mutex<State>,
@@ -194,6 +226,12 @@ impl Ioapic {
                 s.service_level(pin, self.sink.as_ref());
             }
         }
+    }
+
+    /// Every pin's redirection entry and line level, for the state dump.
+    pub fn snapshot(&self) -> IoapicSnapshot {
+        let s = self.lock();
+        IoapicSnapshot { entries: s.pins.map(|p| p.entry), asserted: s.pins.map(|p| p.asserted) }
     }
 
     /// The redirection entry of `pin` (tests and debugging); `None` past pin 23.

@@ -186,10 +186,56 @@ pub trait ApicRouter: Send + Sync {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TimerMode {
+pub enum TimerMode {
     OneShot,
     Periodic,
     TscDeadline,
+}
+
+/// The interrupt and timer state of a local APIC at one moment, for the state dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LapicSnapshot {
+    pub id: u32,
+    pub x2apic: bool,
+    pub software_enabled: bool,
+    pub irr: [u32; 8],
+    pub isr: [u32; 8],
+    pub tmr: [u32; 8],
+    pub tpr: u32,
+    pub ppr: u32,
+    /// The vector `pending()` would hand the vCPU now.
+    pub deliverable: Option<u8>,
+    pub lvt_timer: u32,
+    pub timer_mode: TimerMode,
+    pub initial_count: u32,
+    pub current_count: u32,
+    /// IA32_TSC_DEADLINE as written (TSC-deadline mode; 0: disarmed or fired).
+    pub tsc_deadline: u64,
+    /// How long until the timer fires; `None`: not armed.
+    pub fires_in: Option<Duration>,
+}
+
+/// The vectors whose bits are set, e.g. `[0x21, 0xec]`.
+fn vectors(bits: &[u32; 8]) -> Vec<u8> {
+    (0..=255u8).filter(|&v| test_bit(bits, v)).collect()
+}
+
+impl fmt::Display for LapicSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |bits: &[u32; 8]| {
+            let v = vectors(bits);
+            if v.is_empty() { "-".to_string() } else { v.iter().map(|v| format!("{v:#04x}")).collect::<Vec<_>>().join(",") }
+        };
+        writeln!(f, "  lapic {}: {}, software {}", self.id, if self.x2apic { "x2APIC" } else { "xAPIC" },
+            if self.software_enabled { "enabled" } else { "disabled" })?;
+        writeln!(f, "    IRR {}  ISR {}  TMR {}", list(&self.irr), list(&self.isr), list(&self.tmr))?;
+        let deliverable = self.deliverable.map_or("none".to_string(), |v| format!("{v:#04x}"));
+        writeln!(f, "    TPR {:#04x}  PPR {:#04x}  deliverable now: {deliverable}", self.tpr, self.ppr)?;
+        let fires = self.fires_in.map_or("not armed".to_string(), |d| format!("fires in {d:?}"));
+        write!(f, "    timer: LVT {:#x} ({:?}{}), initial count {}, current count {}, TSC deadline {:#x}, {fires}",
+            self.lvt_timer, self.timer_mode, if self.lvt_timer & LVT_MASKED != 0 { ", masked" } else { "" },
+            self.initial_count, self.current_count, self.tsc_deadline)
+    }
 }
 
 /// Work to do once the state lock is released.
@@ -762,6 +808,29 @@ impl Lapic {
         }
         if fx.kick {
             self.kick.kick();
+        }
+    }
+
+    /// The state the state dump shows (no side effects: a due timer is not latched).
+    pub fn snapshot(&self) -> LapicSnapshot {
+        let s = self.lock();
+        let now = Instant::now();
+        LapicSnapshot {
+            id: s.id,
+            x2apic: s.x2apic(),
+            software_enabled: s.software_enabled(),
+            irr: s.irr,
+            isr: s.isr,
+            tmr: s.tmr,
+            tpr: s.tpr,
+            ppr: s.ppr(),
+            deliverable: s.pending(),
+            lvt_timer: s.lvt[LVT_TIMER],
+            timer_mode: s.timer_mode(),
+            initial_count: s.timer_initial,
+            current_count: s.current_count(now),
+            tsc_deadline: s.timer.tsc_deadline,
+            fires_in: s.timer.deadline.map(|d| d.saturating_duration_since(now)),
         }
     }
 

@@ -6,6 +6,7 @@
 //! place both are declared, so the two cannot drift apart.
 #![allow(non_camel_case_types)]
 
+pub mod absolute_time;
 mod error;
 mod types;
 pub mod vmcs;

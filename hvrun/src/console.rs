@@ -1,14 +1,19 @@
 //! The serial console's input side: a thread reads the user's keys, handles the Ctrl-A
-//! escape (Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A) and feeds the UART no faster than
-//! the guest drains it, so nothing is buffered without bound (Firecracker #2177).
+//! escape (Ctrl-A x quits, Ctrl-A i prints the state dump, Ctrl-A Ctrl-A sends Ctrl-A)
+//! and feeds the UART no faster than the guest drains it, so nothing is buffered without
+//! bound (Firecracker #2177).
 use devices::escape::{Escape, Input};
 use devices::serial::Serial;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Starts the stdin thread. `quit` runs when the user types Ctrl-A x.
-pub fn spawn_input<W: Write + Send + 'static>(serial: Arc<Serial<W>>, quit: impl Fn() + Send + 'static) {
+/// Starts the stdin thread. `quit` runs when the user types Ctrl-A x, `dump` on Ctrl-A i.
+pub fn spawn_input<W: Write + Send + 'static>(
+    serial: Arc<Serial<W>>,
+    quit: impl Fn() + Send + 'static,
+    dump: impl Fn() + Send + 'static,
+) {
     let spawned = std::thread::Builder::new().name("console-in".into()).spawn(move || {
         let mut escape = Escape::new();
         let mut stdin = std::io::stdin().lock();
@@ -21,6 +26,7 @@ pub fn spawn_input<W: Write + Send + 'static>(serial: Arc<Serial<W>>, quit: impl
             for input in escape.feed(&buf[..n]) {
                 match input {
                     Input::Quit => return quit(),
+                    Input::Dump => dump(),
                     Input::Bytes(bytes) => feed(&serial, &bytes),
                 }
             }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use vmm::dump::StateDump;
 use vmm::machine::{StopReason, Stopper};
 
 /// The kernel command line unless --cmdline replaces it: the console on COM1.
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
     };
 
     let stopper = Stopper::new();
-    stop_on_signals(stopper.clone());
+    let signals = block_signals();
     let running = match platform::start(&config, stopper.clone()) {
         Ok(running) => running,
         Err(e) => {
@@ -99,10 +100,12 @@ fn main() -> ExitCode {
             return ExitCode::from(status::ERROR);
         }
     };
+    take_signals(signals, stopper.clone(), running.dump.clone());
     let raw = terminal::enter_raw_mode();
     let _restore = terminal::RawModeGuard;
     let quit = stopper.clone();
-    console::spawn_input(running.serial.clone(), move || quit.stop(StopReason::Host));
+    let dump = running.dump.clone();
+    console::spawn_input(running.serial.clone(), move || quit.stop(StopReason::Host), move || print_dump(&dump));
 
     let platform::Running { mut vm, output, lapic, disks, .. } = running;
     let reason = vm.wait();
@@ -130,23 +133,43 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// SIGINT and SIGTERM stop the machine cleanly (the terminal is restored on the way out):
-/// they are blocked in every thread and taken by one thread with sigwait.
-fn stop_on_signals(stopper: Arc<Stopper>) {
-    // SAFETY: plain signal-set manipulation; done before any other thread starts, so
-    // every thread inherits the mask.
-    let set = unsafe {
+/// Prints the state dump on stderr (with carriage returns while the terminal is raw).
+fn print_dump(dump: &StateDump) {
+    let text = dump.collect();
+    let text = if terminal::is_raw() { text.replace('\n', "\r\n") } else { text };
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
+}
+
+/// Blocks SIGINT, SIGTERM and SIGUSR1 in this thread, before any other starts, so every
+/// thread inherits the mask and only the signal thread takes them (with sigwait).
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on this thread.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+    }
+}
+
+/// The signal thread: SIGINT and SIGTERM stop the machine cleanly (the terminal is
+/// restored on the way out); SIGUSR1 prints the state dump.
+fn take_signals(set: libc::sigset_t, stopper: Arc<Stopper>, dump: Arc<StateDump>) {
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
         let mut signal = 0;
         // SAFETY: `set` is initialised; sigwait writes the signal number.
-        if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            return;
+        }
+        if signal == libc::SIGUSR1 {
+            print_dump(&dump);
+        } else {
             stopper.stop(StopReason::Host);
         }
     });

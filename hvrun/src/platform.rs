@@ -16,9 +16,10 @@ use devices::virtio::IoapicPin;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
-use vmm::clock::{measure_tsc_hz, GuestClock};
+use vmm::clock::{host_tsc_hz, GuestClock};
 use vmm::cpuid::CpuidPolicy;
-use vmm::irq::Waker;
+use vmm::dump::StateDump;
+use vmm::kick::Waker;
 use vmm::machine::Stopper;
 use vmm::vcpu::VcpuConfig;
 use vmm::vm::Vm;
@@ -40,6 +41,8 @@ pub struct Running {
     pub output: ConsoleOutput,
     pub lapic: Arc<Lapic>,
     pub disks: Disks,
+    /// The state dump (SIGUSR1, Ctrl-A i).
+    pub dump: Arc<StateDump>,
 }
 
 /// The running disks, to be stopped and flushed when the guest is gone.
@@ -81,7 +84,7 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
         cmdline = format!("{cmdline} {}", boot::virtio_mmio_cmdline(&slots));
     }
 
-    let tsc_hz = measure_tsc_hz();
+    let tsc_hz = host_tsc_hz();
     let cpuid = CpuidPolicy::new(1, true).with_kvmclock(tsc_hz);
     let clock = GuestClock::start(tsc_hz);
     let mut vm = Vm::with_clock(config.mem_size, cpuid, stopper.clone(), clock).map_err(|e| e.to_string())?;
@@ -127,8 +130,11 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
     )
     .map_err(|e| e.to_string())?;
 
+    let dump = StateDump::new();
+    dump.add_vcpu(0, waker.clone(), Some(lapic.clone()));
+    dump.set_ioapic(ioapic.clone());
     lapic.spawn_timer_thread().map_err(|e| format!("cannot start the APIC timer: {e}"))?;
     vm.start_vcpu(VcpuConfig { index: 0, entry: info.entry, irq: lapic.clone(), waker, lapic: Some(lapic.clone()) })
         .map_err(|e| e.to_string())?;
-    Ok(Running { vm, serial, output, lapic, disks: Disks(running_disks) })
+    Ok(Running { vm, serial, output, lapic, disks: Disks(running_disks), dump })
 }

@@ -29,6 +29,11 @@ pub fn enter_raw_mode() -> bool {
     true
 }
 
+/// Whether the terminal is in raw mode now (our own lines then need "\r\n").
+pub fn is_raw() -> bool {
+    SAVED.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
 /// Restores the terminal if raw mode was entered; safe to call more than once.
 pub fn restore_now() {
     if let Some(saved) = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take() {

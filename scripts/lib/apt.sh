@@ -1,8 +1,10 @@
 # Sourced by the scripts that install Debian packages: the project's apt conventions.
 # Expects a `log` function. Root runs apt directly, anyone else through sudo; another
-# apt/dpkg holding the lock is waited for rather than failed on; a command that fails
-# for want of package lists (a fresh machine, or a superseded package gone from the
-# mirror) is retried once after `apt-get update`.
+# apt/dpkg holding the lock is waited for rather than failed on. The package lists are
+# refreshed (once per script) before anything is installed: a new machine's lists are
+# stale and offer old versions (rustc-web 1.85 where the workspace needs 1.87); a
+# download that still fails (a superseded package gone from the mirror) is retried once
+# after `apt-get update`.
 if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
 apt_opts=(-y -q -o DPkg::Lock::Timeout=900)
@@ -33,8 +35,9 @@ apt_install_missing() {
     local missing=() p
     for p in "$@"; do is_installed "$p" || missing+=("$p"); done
     [[ ${#missing[@]} -gt 0 ]] || return 0
+    apt_update
     log "installing ${missing[*]}"
-    with_update "${sudo[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >&2
+    "${sudo[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >&2
 }
 
 # The versioned kernel package a metapackage stands for (linux-image-amd64 ->
@@ -73,4 +76,26 @@ unpack_package() {
     rm -f "$deb"
     touch "$dir/.unpacked"
     log "unpacked $pkg into $dir"
+}
+
+# Version of installed package $1 (empty when it is not installed).
+installed_version() {
+    dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true
+}
+
+# Makes sure packages "${@:3}" are installed at version $2 or later, judged by package $1:
+# refreshes the lists and upgrades them when the installed one is older.
+apt_require_version() {
+    local probe=$1 want=$2 have
+    shift 2
+    have=$(installed_version "$probe")
+    if [[ -n $have ]] && dpkg --compare-versions "$have" ge "$want"; then return 0; fi
+    apt_update
+    log "installing $* (want $probe >= $want, have ${have:-none})"
+    "${sudo[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "$@" >&2
+    have=$(installed_version "$probe")
+    if [[ -z $have ]] || ! dpkg --compare-versions "$have" ge "$want"; then
+        log "$probe ${have:-(not installed)} is older than $want even after apt-get update"
+        return 1
+    fi
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# deadline.sh SECONDS CMD...: runs CMD; if it is still running after SECONDS, prints
-# every thread's backtrace (with gdb, when installed) so that a hang can be diagnosed,
-# then kills it and exits 124. Otherwise exits with CMD's status.
+# deadline.sh SECONDS CMD...: runs CMD; if it is still running after SECONDS, asks every
+# hvrun among it and its descendants for its state dump (SIGUSR1: vCPUs, APICs, IOAPIC,
+# on hvrun's stderr), prints every thread's backtrace (with gdb, when installed) so that
+# a hang can be diagnosed, then kills it and exits 124. Otherwise exits with CMD's status.
 secs=$1
 shift
 "$@" &
@@ -20,6 +21,11 @@ pid=$!
     while [[ -n $frontier ]]; do
         frontier=$(for p in $frontier; do pgrep -P "$p"; done)
         procs="$procs $frontier"
+    done
+    for p in $procs; do
+        if [[ $(cat "/proc/$p/comm" 2>/dev/null) == hvrun ]]; then
+            kill -USR1 "$p" 2>/dev/null && sleep 1
+        fi
     done
     for p in $procs; do
         echo "--- process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-200)"

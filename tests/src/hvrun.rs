@@ -140,6 +140,33 @@ impl Hvrun {
         Hvrun { child, console, stderr, terminal: Some(master), terminal_before, readers }
     }
 
+    /// Asks the running hvrun for its state dump (SIGUSR1) and returns it: what each
+    /// vCPU and interrupt controller was doing (empty if hvrun did not answer in 5 s).
+    pub fn state_dump(&self) -> String {
+        let before = self.stderr.all().len();
+        // SAFETY: a signal to the child we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            let lines = self.stderr.all();
+            if lines[before.min(lines.len())..].iter().any(|(_, l)| l.contains(vmm::dump::END_LINE)) {
+                return lines[before.min(lines.len())..].iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        String::new()
+    }
+
+    /// Waits up to `timeout` for a console line containing `needle`; on a timeout it
+    /// prints the state dump (the hang handler's first look), and returns false.
+    pub fn wait_for_console(&self, needle: &str, timeout: Duration) -> bool {
+        if self.console.wait_for(needle, timeout).is_some() {
+            return true;
+        }
+        eprintln!("no {needle:?} on the console within {timeout:?}; hvrun's state dump:\n{}", self.state_dump());
+        false
+    }
+
     /// Types `bytes` on the terminal.
     pub fn type_keys(&mut self, bytes: &[u8]) {
         let t = self.terminal.as_mut().expect("hvrun runs on a terminal");
@@ -154,10 +181,12 @@ impl Hvrun {
                 break status;
             }
             if Instant::now() >= end {
+                // The hang handler: the state dump first, then the kill.
+                let dump = self.state_dump();
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 panic!(
-                    "hvrun did not exit within {timeout:?}\n--- console ---\n{}\n--- stderr ---\n{}",
+                    "hvrun did not exit within {timeout:?}\n--- console ---\n{}\n--- stderr (state dump at the end) ---\n{}\n{dump}",
                     self.console.text(),
                     self.stderr.text()
                 );

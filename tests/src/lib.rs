@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::cpuid::CpuidPolicy;
 use vmm::entry::EntryState;
-use vmm::irq::{VectorLatch, Waker};
+use vmm::irq::VectorLatch;
+use vmm::kick::Waker;
 use vmm::machine::{StopReason, Stopper};
 use vmm::vcpu::VcpuConfig;
 use vmm::vm::Vm;
@@ -644,17 +645,23 @@ impl TestMachine {
         self.vm.start_vcpu(config).unwrap_or_else(|e| panic!("start_vcpu: {e}"));
     }
 
-    /// Waits for the machine to stop. A watchdog stops it (StopReason::Host) after
-    /// `limit`, and the test then fails with the accesses recorded so far.
+    /// Waits for the machine to stop. A watchdog prints the state dump and stops it
+    /// (StopReason::Host) after `limit`, and the test then fails with the accesses
+    /// recorded so far.
     pub fn wait_with_timeout(&mut self, limit: Duration) -> StopReason {
         let (done, rx) = mpsc::channel::<()>();
         let fired = Arc::new(AtomicBool::new(false));
         let watchdog = {
             let stopper = self.stopper.clone();
             let fired = fired.clone();
+            let waker = self.waker.clone();
             std::thread::spawn(move || {
                 if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
                     fired.store(true, Ordering::SeqCst);
+                    // The hang handler: the vCPU's state first, then the stop.
+                    let dump = vmm::dump::StateDump::new();
+                    dump.add_vcpu(0, waker, None);
+                    eprintln!("{}", dump.collect());
                     stopper.stop(StopReason::Host);
                 }
             })

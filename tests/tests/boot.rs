@@ -43,7 +43,7 @@ fn minimal_kernel_boots_through_the_mp_table_with_acpi_off() {
 fn serial_input_reaches_the_guest_on_a_terminal() {
     let (kernel, initrd) = minimal();
     let mut hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=echo", &kernel, &initrd]);
-    assert!(hvrun.console.wait_for(MARKER, BOOT_TIMEOUT).is_some(), "no marker:\n{}", hvrun.console.text());
+    assert!(hvrun.wait_for_console(MARKER, BOOT_TIMEOUT), "no marker:\n{}", hvrun.console.text());
     // The guest's `read` may start after the marker: type once it asks, and again later.
     hvrun.console.wait_for("HVRUN-ECHO-READY", BOOT_TIMEOUT);
     hvrun.type_keys(b"hello from the host\r");
@@ -62,7 +62,7 @@ fn serial_input_reaches_the_guest_on_a_terminal() {
 fn ctrl_a_x_quits_and_restores_the_terminal() {
     let (kernel, initrd) = minimal();
     let mut hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=echo", &kernel, &initrd]);
-    assert!(hvrun.console.wait_for(MARKER, BOOT_TIMEOUT).is_some(), "no marker:\n{}", hvrun.console.text());
+    assert!(hvrun.wait_for_console(MARKER, BOOT_TIMEOUT), "no marker:\n{}", hvrun.console.text());
     hvrun.type_keys(&[0x01, b'x']);
     let run = hvrun.wait(BOOT_TIMEOUT);
     assert_eq!(run.code(), Some(130), "{}", run.report());
@@ -71,11 +71,38 @@ fn ctrl_a_x_quits_and_restores_the_terminal() {
     assert_eq!((before.c_iflag, before.c_lflag), (after.c_iflag, after.c_lflag), "hvrun restores the terminal");
 }
 
+/// The state dump, on SIGUSR1 and on Ctrl-A i, while the guest sleeps: the vCPU answers
+/// with its registers, its APIC shows the timer armed, the IOAPIC its COM1 pin; the
+/// guest goes on and powers off as if nothing happened.
+#[test]
+fn state_dump_on_sigusr1_and_ctrl_a_i() {
+    let (kernel, initrd) = minimal();
+    let mut hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=sleep hvrun.sleep=4", &kernel, &initrd]);
+    assert!(hvrun.wait_for_console("HVRUN-UPTIME-BEFORE", BOOT_TIMEOUT), "{}", hvrun.console.text());
+    let dump = hvrun.state_dump();
+    for needle in ["hvrun: state dump", "vCPU 0: ", "RIP 0x", "RFLAGS 0x", "interruptibility", "lapic 0: ",
+        "IRR ", "ISR ", "TPR ", "timer: LVT", "ioapic:", vmm::dump::END_LINE] {
+        assert!(dump.contains(needle), "{needle:?} missing from the dump:\n{dump}");
+    }
+    assert!(dump.contains("a kick is"), "the Linux layer's held kick: {dump}");
+    // The same from the console escape; the dump goes to stderr, not to the guest.
+    let lines = hvrun.stderr.all().len();
+    hvrun.type_keys(&[0x01, b'i']);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !hvrun.stderr.all()[lines..].iter().any(|(_, l)| l.contains(vmm::dump::END_LINE)) {
+        assert!(std::time::Instant::now() < end, "no dump after Ctrl-A i: {}", hvrun.stderr.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = hvrun.wait(BOOT_TIMEOUT);
+    assert!(run.console.find("HVRUN-UPTIME-AFTER").is_some(), "{}", run.report());
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_restores_the_terminal() {
     let (kernel, initrd) = minimal();
     let hvrun = Hvrun::spawn_on_terminal(&["--append", "hvrun.check=echo", &kernel, &initrd]);
-    assert!(hvrun.console.wait_for("HVRUN-ECHO-READY", BOOT_TIMEOUT).is_some(), "{}", hvrun.console.text());
+    assert!(hvrun.wait_for_console("HVRUN-ECHO-READY", BOOT_TIMEOUT), "{}", hvrun.console.text());
     // SAFETY: a signal to the child we started.
     assert_eq!(unsafe { libc::kill(hvrun.child.id() as i32, libc::SIGTERM) }, 0);
     let run = hvrun.wait(BOOT_TIMEOUT);

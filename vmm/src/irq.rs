@@ -1,93 +1,10 @@
 //! How interrupts reach a vCPU: the interrupt controller says which vector is pending,
-//! and the vCPU's [`Waker`] gets it out of HLT or out of the guest to deliver it.
-use hvf_sys::*;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+//! and the vCPU's [`Waker`] (the kick protocol, `crate::kick`) gets it out of HLT or out
+//! of the guest to deliver it.
+use std::sync::Mutex;
 
+pub use crate::kick::Waker;
 pub use devices::irq::{Kick, LocalInterrupts};
-
-/// Wakes one vCPU: out of its HLT sleep, or out of the guest (`hv_vcpu_interrupt`) so
-/// that it looks at its pending interrupts and stop requests before the next entry.
-pub struct Waker {
-    id: AtomicU32,
-    in_guest: AtomicBool,
-    lock: Mutex<()>,
-    cv: Condvar,
-}
-
-const NO_VCPU: u32 = u32::MAX;
-
-impl Default for Waker {
-    fn default() -> Self {
-        Waker { id: AtomicU32::new(NO_VCPU), in_guest: AtomicBool::new(false), lock: Mutex::new(()), cv: Condvar::new() }
-    }
-}
-
-impl Waker {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Called by the vCPU thread once its vCPU exists.
-    pub fn set_vcpu(&self, id: hv_vcpuid_t) {
-        self.id.store(id, Ordering::SeqCst);
-    }
-
-    /// Brackets `hv_vcpu_run`. The flag is raised before the loop's last look at pending
-    /// work, and a kicker sets its work before reading the flag: whichever runs second
-    /// sees the other (both SeqCst), so a kick is never missed by both.
-    /// On macOS a kick that lands between that look and the actual entry is lost by
-    /// `hv_vcpu_interrupt` itself; the Linux layer keeps it (immediate_exit).
-    pub fn entering_guest(&self) {
-        self.in_guest.store(true, Ordering::SeqCst);
-    }
-
-    pub fn left_guest(&self) {
-        self.in_guest.store(false, Ordering::SeqCst);
-    }
-
-    /// New work for the vCPU has been published: wake it wherever it is.
-    pub fn wake(&self) {
-        {
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.cv.notify_all();
-        }
-        let mut id = self.id.load(Ordering::SeqCst);
-        if id != NO_VCPU && self.in_guest.load(Ordering::SeqCst) {
-            // SAFETY: one valid id; callable from any thread.
-            let ret = unsafe { hv_vcpu_interrupt(&mut id, 1) };
-            if let Err(e) = HvError::check(ret) {
-                log::warn!("hv_vcpu_interrupt(vcpu {id}): {e}");
-            }
-        }
-    }
-
-    /// Sleeps until `ready()` holds or `deadline` passes. `ready` is evaluated under the
-    /// waker's lock, which `kick` also takes, so a kick between the check and the sleep
-    /// cannot be lost.
-    pub fn sleep_until(&self, deadline: Option<Instant>, ready: impl Fn() -> bool) {
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !ready() {
-            match deadline {
-                None => guard = self.cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return;
-                    }
-                    guard = self.cv.wait_timeout(guard, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                }
-            }
-        }
-    }
-}
-
-impl Kick for Waker {
-    fn kick(&self) {
-        self.wake();
-    }
-}
 
 /// The simplest interrupt controller: a set of pending vectors, highest first, raised by
 /// devices and delivered as soon as the guest accepts interrupts. Test machines use it
@@ -124,7 +41,7 @@ impl LocalInterrupts for VectorLatch {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn latch_delivers_highest_vector_first() {

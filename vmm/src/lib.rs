@@ -3,11 +3,15 @@
 pub mod clock;
 pub mod controls;
 pub mod cpuid;
+pub mod dump;
 pub mod emulate;
 pub mod entry;
 pub mod exit;
 pub mod inject;
 pub mod irq;
+pub mod kick;
+#[cfg(test)]
+mod kick_model;
 pub mod kvmclock;
 pub mod machine;
 pub mod memory;

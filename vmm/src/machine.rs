@@ -2,7 +2,7 @@
 //! it stops.
 use crate::clock::GuestClock;
 use crate::cpuid::CpuidPolicy;
-use crate::irq::Waker;
+use crate::kick::Waker;
 use crate::memory::GuestRam;
 use crate::trace::ExitStats;
 use devices::bus::Bus;

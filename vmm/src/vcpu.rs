@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! loop {
-//!     inject pending interrupt (or open the interrupt window)
-//!     hv_vcpu_run_until(FOREVER)          -- the guest runs until a VM exit
+//!     raise "in the guest" (the kick protocol, crate::kick)
+//!     look for work: a stop, a state dump, the pending interrupt (inject it, or open
+//!     the interrupt window)
+//!     hv_vcpu_run_until(now + KICK_BACKSTOP)  -- the guest runs until a VM exit
 //!     reason = VMCS_RO_EXIT_REASON
 //!     match reason { IO => exit::io, EPT_VIOLATION => exit::mmio, ... }
 //!     Halt => sleep until an interrupt; Stop => leave
@@ -14,7 +16,9 @@ use crate::controls::Controls;
 use crate::entry::EntryState;
 use crate::exit::{self, Action, ExitContext, VcpuState};
 use crate::inject::{self, WindowControl};
-use crate::irq::{LocalInterrupts, Waker};
+use crate::dump::VcpuSnapshot;
+use crate::irq::LocalInterrupts;
+use crate::kick::{self, Waker};
 use crate::machine::{Machine, StopReason};
 use crate::regs::{HvVcpu, VcpuRegs};
 use crate::trace::{self, ExitStats};
@@ -80,17 +84,25 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
     let mut state = VcpuState { index: config.index, lapic: config.lapic.clone(), ..Default::default() };
     let mut window = WindowControl::new(controls.proc);
     let mut stats = ExitStats::default();
-    while !machine.stopper.stopping() {
-        inject::before_entry(vcpu, config.irq.as_ref(), &mut window)?;
+    let mut backstop = true;
+    let mut exits = ExitCount::default();
+    loop {
+        // From here on a kick interrupts this vCPU, so work published after the look
+        // below is not missed (crate::kick).
         config.waker.entering_guest();
-        // A kick that raced with the injection step makes this return at once.
-        // SAFETY: this thread owns the vCPU.
-        let ret = unsafe { hv_vcpu_run_until(vcpu.id, HV_DEADLINE_FOREVER) };
+        if machine.stopper.stopping() {
+            config.waker.left_guest();
+            break;
+        }
+        answer_dump_request(vcpu, config, &exits)?;
+        inject::before_entry(vcpu, config.irq.as_ref(), &mut window)?;
+        let ret = run_guest(vcpu, &mut backstop);
         config.waker.left_guest();
         let exited = Instant::now();
         HvError::check(ret)?;
 
         let reason = vcpu.read_vmcs(VMCS_RO_EXIT_REASON)? as u32;
+        exits.count(reason, vcpu.read_vmcs(VMCS_RO_IDT_VECTOR_INFO)?);
         inject::reinject_interrupted_event(vcpu)?;
         let rip = if trace::tracing() { vcpu.read_reg(HV_X86_RIP)? } else { 0 };
         let mut ctx = ExitContext::new(vcpu, machine, &mut state);
@@ -101,7 +113,7 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
         }
         match action {
             Action::Resume => {}
-            Action::Halt => halt(vcpu, machine, config)?,
+            Action::Halt => halt(vcpu, machine, config, &exits)?,
             Action::Stop(reason) => machine.stopper.stop(reason),
         }
         if trace::stats_enabled() {
@@ -112,9 +124,70 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
     Ok(())
 }
 
+/// One run of the guest, bounded by the kick backstop (a VMX-preemption-timer exit at
+/// the deadline) where the framework offers deadlines; without one it runs until an exit.
+fn run_guest(vcpu: &HvVcpu, backstop: &mut bool) -> hv_return_t {
+    if *backstop {
+        // SAFETY: this thread owns the vCPU.
+        let ret = unsafe { hv_vcpu_run_until(vcpu.id, kick::run_deadline()) };
+        if ret != HV_UNSUPPORTED {
+            return ret;
+        }
+        log::warn!("hv_vcpu_run_until with a deadline: {}; a kick the framework drops will wait for the next exit",
+            HvError(ret));
+        *backstop = false;
+    }
+    // SAFETY: this thread owns the vCPU.
+    unsafe { hv_vcpu_run_until(vcpu.id, HV_DEADLINE_FOREVER) }
+}
+
+/// How many exits this vCPU took, the last one and the reasons of those before it
+/// (for the state dump).
+#[derive(Default)]
+struct ExitCount {
+    exits: u64,
+    last: Option<(u32, u64)>,
+    recent: [u32; RECENT_EXITS],
+}
+
+const RECENT_EXITS: usize = 16;
+
+impl ExitCount {
+    fn count(&mut self, reason: u32, idt_vectoring: u64) {
+        self.recent[self.exits as usize % RECENT_EXITS] = reason;
+        self.exits += 1;
+        self.last = Some((reason, idt_vectoring));
+    }
+
+    /// The reasons of the last exits, oldest first.
+    fn recent(&self) -> Vec<u32> {
+        let n = (self.exits as usize).min(RECENT_EXITS);
+        (0..n).map(|i| self.recent[(self.exits as usize - n + i) % RECENT_EXITS]).collect()
+    }
+}
+
+/// Gives the state dump this vCPU's part, if it asked (crate::dump).
+fn answer_dump_request(vcpu: &HvVcpu, config: &VcpuConfig, exits: &ExitCount) -> Result<(), HvError> {
+    if config.waker.take_dump_request() {
+        let mut snapshot = VcpuSnapshot::read(config.index, vcpu)?;
+        (snapshot.exits, snapshot.last_exit, snapshot.recent_exits) = (exits.exits, exits.last, exits.recent());
+        #[cfg(target_os = "linux")]
+        {
+            snapshot.kick_pending = Some(hvf_sys::linux::hv_linux_vcpu_kick_pending(vcpu.id));
+        }
+        config.waker.answer_dump(snapshot.to_string());
+    }
+    Ok(())
+}
+
 /// Sleeps after HLT until an interrupt can be delivered (RFLAGS.IF=1 and one pending),
-/// the next timer is due, or the machine stops.
-fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig) -> Result<(), HvError> {
+/// the next timer is due, or the machine stops. An event already queued for the next
+/// entry (one whose delivery an exit cut short, re-injected from the IDT-vectoring
+/// information) is delivered first: sleeping on it would lose it.
+fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig, exits: &ExitCount) -> Result<(), HvError> {
+    if vcpu.read_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO)? as u32 & hvf_sys::vmx::IRQ_INFO_VALID != 0 {
+        return Ok(());
+    }
     let interruptible = vcpu.read_reg(HV_X86_RFLAGS)? & (1 << 9) != 0;
     if !interruptible {
         // Nothing can wake this vCPU: hvrun's machines have one vCPU and no NMI source.
@@ -127,6 +200,7 @@ fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig) -> Result<(), HvE
     loop {
         let ready = || machine.stopper.stopping() || irq.pending().is_some();
         config.waker.sleep_until(irq.next_deadline(), ready);
+        answer_dump_request(vcpu, config, exits)?;
         irq.poll_timers(Instant::now());
         if ready() {
             return Ok(());

@@ -1,6 +1,6 @@
 //! The VM: `hv_vm_create`, guest RAM mapped in, the controls every vCPU gets, and one
 //! thread per vCPU. Dropping it stops the vCPUs and destroys the VM.
-use crate::clock::{measure_tsc_hz, GuestClock};
+use crate::clock::{host_tsc_hz, GuestClock};
 use crate::controls::{Capabilities, Controls, MissingControl};
 use crate::cpuid::CpuidPolicy;
 use crate::machine::{Machine, StopReason, Stopper};
@@ -46,7 +46,7 @@ impl Vm {
     /// Creates the VM with `mem_size` bytes of RAM and empty buses. Its guest TSC starts at
     /// zero now and ticks at the host TSC rate, measured here.
     pub fn new(mem_size: u64, cpuid: CpuidPolicy, stopper: Arc<Stopper>) -> Result<Vm, VmError> {
-        Self::with_clock(mem_size, cpuid, stopper, GuestClock::start(measure_tsc_hz()))
+        Self::with_clock(mem_size, cpuid, stopper, GuestClock::start(host_tsc_hz()))
     }
 
     /// `new` with a given clock (the CPUID policy must describe the same TSC rate).

@@ -229,18 +229,16 @@ pub unsafe extern "C" fn hv_vcpu_invalidate_tlb(id: hv_vcpuid_t) -> hv_return_t 
 }
 
 pub unsafe extern "C" fn hv_vcpu_run(id: hv_vcpuid_t) -> hv_return_t {
-    with_vcpu(id, |vm, vcpu, st| run::run(vm, vcpu, st))
+    with_vcpu(id, |vm, vcpu, st| run::run(vm, vcpu, st, None))
 }
 
-/// Only HV_DEADLINE_FOREVER: a deadline needs the VMX preemption timer, which the layer
-/// does not have. It returns on every exit, like hv_vcpu_run (HVF returns only on exits it
-/// did not handle itself; the layer handles none, so the sets agree).
+/// Returns on every exit, like hv_vcpu_run (HVF returns only on exits it did not handle
+/// itself; the layer handles none, so the sets agree). A deadline (absolute time, see
+/// `crate::absolute_time`) ends the run with a VMX-preemption-timer exit, as HVF's
+/// does; the VMM need not set the preemption-timer control for it.
 pub unsafe extern "C" fn hv_vcpu_run_until(id: hv_vcpuid_t, deadline: u64) -> hv_return_t {
-    if deadline != HV_DEADLINE_FOREVER {
-        log::debug!("hvf-sys/linux: hv_vcpu_run_until with a deadline is unsupported");
-        return HV_UNSUPPORTED;
-    }
-    unsafe { hv_vcpu_run(id) }
+    let deadline = (deadline != HV_DEADLINE_FOREVER).then_some(deadline);
+    with_vcpu(id, |vm, vcpu, st| run::run(vm, vcpu, st, deadline))
 }
 
 /// Any thread. Unknown ids are refused before any vCPU is kicked.

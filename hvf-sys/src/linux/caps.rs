@@ -8,8 +8,10 @@
 //! must-be-one bits in the low 32 bits, may-be-one bits in the high 32 bits.
 use crate::types::*;
 
-/// IA32_VMX_PINBASED_CTLS (A.3.1): EXTINT, NMI, VIRTUAL_NMI allowed; no preemption timer
-/// (bit 6 is 0 in the allowed-1 half, since the layer has no such timer).
+/// IA32_VMX_PINBASED_CTLS (A.3.1): EXTINT, NMI, VIRTUAL_NMI allowed; the VMM may not set
+/// the preemption timer itself (bit 6 is 0 in the allowed-1 half: the layer does not
+/// count VMCS_GUEST_VMX_TIMER_VALUE down). `hv_vcpu_run_until`'s deadline, for which HVF
+/// arms that timer on its own, is supported (`kick.rs`).
 pub const PINBASED: u64 = 0x0000_003f_0000_0016;
 /// IA32_VMX_PROCBASED_CTLS (A.3.2).
 pub const PROCBASED: u64 = 0xfff9_fffe_0401_e172;

@@ -30,7 +30,22 @@ mod vcpu;
 mod vm;
 mod vmcs_store;
 
+pub use kick::KickMode;
+
 use crate::error::hv_return_t;
+
+/// Chooses what `hv_vcpu_interrupt` does to a vCPU outside `hv_vcpu_run` (Linux only):
+/// Apple does not document it, so hvrun's tests run in both modes. Without a call, the
+/// environment variable HVRUN_KICK_MODE (`kept` or `lost`) decides; the default,
+/// [`KickMode::LostOutsideRun`], is the stricter.
+pub fn hv_linux_set_kick_mode(mode: KickMode) {
+    kick::set_mode(mode);
+}
+
+/// Whether a kick is held for the vCPU's next run (Linux only; the state dump shows it).
+pub fn hv_linux_vcpu_kick_pending(vcpu: hv_vcpuid_t) -> bool {
+    vcpu::owned(vcpu).is_ok_and(|(_, v)| v.kick.load(std::sync::atomic::Ordering::SeqCst))
+}
 use crate::types::hv_vcpuid_t;
 
 /// Installs the guest's CPUID table (Linux only): KVM never exits on CPUID, so the VMM
@@ -41,4 +56,13 @@ use crate::types::hv_vcpuid_t;
 /// table afterwards).
 pub fn hv_linux_vcpu_set_cpuid(vcpu: hv_vcpuid_t, policy: &dyn Fn(u32, u32) -> [u32; 4]) -> hv_return_t {
     vcpu::with_vcpu(vcpu, |vm, _, st| cpuid::set(vm, &st.fd, policy))
+}
+
+/// The host TSC rate in kHz as KVM knows it (KVM_GET_TSC_KHZ on a throwaway vCPU), Linux
+/// only: the kernel's calibration, better than any the VMM could make in a few ms.
+pub fn hv_linux_host_tsc_khz() -> Option<u32> {
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let vcpu = vm.create_vcpu(0).ok()?;
+    vcpu.get_tsc_khz().ok().filter(|&khz| khz > 0)
 }

@@ -562,17 +562,28 @@ fn wait_for_kick(vcpu: &Vcpu) {
         let mut during_wait: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, &kick_only, &mut during_wait);
         libc::sigdelset(&mut during_wait, kick::kick_signal());
-        vcpu.in_run.store(true, Ordering::SeqCst);
         while !vcpu.kick.load(Ordering::SeqCst) {
             libc::ppoll(std::ptr::null_mut(), 0, std::ptr::null(), &during_wait);
         }
-        vcpu.in_run.store(false, Ordering::SeqCst);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &kick_only, std::ptr::null_mut());
     }
 }
 
-/// hv_vcpu_run.
-pub fn run(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> hv_return_t {
+/// hv_vcpu_run, and hv_vcpu_run_until with a deadline (CLOCK_MONOTONIC nanoseconds, the
+/// layer's absolute time): at the deadline the run ends with a VMX-preemption-timer exit
+/// (reason 52), as HVF's does (it arms that timer for the deadline).
+pub fn run(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -> hv_return_t {
+    kick::entering_run(vcpu);
+    let ret = run_inside(vm, vcpu, st, deadline);
+    kick::leaving_run(vcpu);
+    ret
+}
+
+fn deadline_passed(deadline: Option<u64>) -> bool {
+    deadline.is_some_and(|d| crate::absolute_time::now() >= d)
+}
+
+fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -> hv_return_t {
     let ctrls = st.controls();
     if let Err(message) = controls::check_controls(&ctrls) {
         log::error!("hvf-sys/linux: vCPU {}: VM entry with invalid controls: {message}", vcpu.id);
@@ -606,22 +617,32 @@ pub fn run(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> hv_return_t {
             return HV_SUCCESS;
         }
     }
+    if let Some(deadline) = deadline {
+        if let Err(code) = st.arm_deadline(vcpu.owner_tid, deadline) {
+            return code;
+        }
+    }
     let exit = loop {
         // No look at the kick flag here: a kick sets immediate_exit, so KVM_RUN returns
-        // EINTR at once, and does so with the state (an injected interrupt still queued)
-        // written back to the sync regs, which record_exit needs to see.
-        vcpu.in_run.store(true, Ordering::SeqCst);
+        // EINTR at once, and does so with the state (an injected event still queued)
+        // written back to the sync regs, which record_exit needs to see. A deadline
+        // already passed is the same: the timer's signal has set immediate_exit.
         let result = kvm_run(st);
-        vcpu.in_run.store(false, Ordering::SeqCst);
         match result {
             Err(libc::EINTR) => {
                 if kick::take(vcpu) {
                     break ExitInfo::simple(VMX_REASON_IRQ);
                 }
-                continue; // another signal: run on
+                if deadline_passed(deadline) {
+                    break ExitInfo::simple(VMX_REASON_VMX_TIMER_EXPIRED);
+                }
+                continue; // another signal, or the timer of an earlier run: run on
             }
             Err(libc::EAGAIN) => continue,
-            Err(errno) => return raw_ioctl_failed("KVM_RUN", errno),
+            Err(errno) => {
+                st.disarm_deadline();
+                return raw_ioctl_failed("KVM_RUN", errno);
+            }
             Ok(()) => {}
         }
         let reason = st.fd.get_kvm_run().exit_reason;
@@ -658,9 +679,15 @@ pub fn run(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState) -> hv_return_t {
         };
         match presented {
             Ok(exit) => break exit,
-            Err(code) => return code,
+            Err(code) => {
+                st.disarm_deadline();
+                return code;
+            }
         }
     };
+    if deadline.is_some() {
+        st.disarm_deadline();
+    }
     st.record_exit(&exit);
     HV_SUCCESS
 }

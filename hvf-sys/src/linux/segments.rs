@@ -72,9 +72,13 @@ pub fn segment(sregs: &kvm_sregs, index: usize) -> &kvm_segment {
 }
 
 /// VMX access rights of a KVM segment (table 25-2: type 3:0, S 4, DPL 6:5, P 7, AVL 12,
-/// L 13, D/B 14, G 15, unusable 16).
+/// L 13, D/B 14, G 15, unusable 16). A usable code or data segment shows the accessed
+/// type bit, as VT-x stores it: loading a segment sets that bit (SDM 3.4.5.1), but AMD's
+/// saved state, which KVM reports on an AMD host, can lack it, and the entry checks
+/// would then refuse a state the guest never saw as wrong.
 pub fn ar_from_kvm(seg: &kvm_segment) -> u32 {
-    (seg.type_ as u32 & AR_TYPE_MASK)
+    let accessed = if seg.s != 0 && seg.present != 0 && seg.unusable == 0 { 1 } else { 0 };
+    (seg.type_ as u32 & AR_TYPE_MASK | accessed)
         | if seg.s != 0 { AR_S } else { 0 }
         | (seg.dpl as u32 & 3) << AR_DPL_SHIFT
         | if seg.present != 0 { AR_P } else { 0 }
@@ -137,6 +141,11 @@ mod tests {
         let mut seg = kvm_segment::default();
         set_ar(&mut seg, 0xa09b);
         assert_eq!((seg.type_, seg.s, seg.dpl, seg.present, seg.l, seg.db, seg.g), (11, 1, 0, 1, 1, 0, 1));
+        // A loaded code segment whose saved type lacks the accessed bit (AMD) shows it set.
+        seg.type_ = 10;
+        assert_eq!(ar_from_kvm(&seg), 0xa09b);
+        seg.s = 0;
+        assert_eq!(ar_from_kvm(&seg) & AR_TYPE_MASK, 10, "system segments keep their type");
         set_ar(&mut seg, AR_UNUSABLE);
         assert_eq!((seg.unusable, seg.present), (1, 0));
     }

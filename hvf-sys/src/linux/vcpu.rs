@@ -63,6 +63,8 @@ pub struct VcpuState {
     pub tsc_offset_applied: u64,
     /// TSC ticks per millisecond (KVM_GET_TSC_KHZ), for timing KVM_RUN with RDTSC.
     pub tsc_khz: Option<u32>,
+    /// hv_vcpu_run_until's deadline timer, made at the first deadline.
+    deadline_timer: Option<super::kick::DeadlineTimer>,
 }
 
 /// KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xe1, struct kvm_device_attr) (linux/kvm.h); on a
@@ -70,6 +72,30 @@ pub struct VcpuState {
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = 0x4018_aee1;
 
 impl VcpuState {
+    /// Arms the signal that ends a run at `deadline` (CLOCK_MONOTONIC ns).
+    pub fn arm_deadline(&mut self, owner_tid: i32, deadline: u64) -> Result<(), hv_return_t> {
+        if self.deadline_timer.is_none() {
+            match super::kick::DeadlineTimer::new(owner_tid) {
+                Ok(timer) => self.deadline_timer = Some(timer),
+                Err(e) => {
+                    log::error!("hvf-sys/linux: cannot create the run deadline timer: {e}");
+                    return Err(HV_NO_RESOURCES);
+                }
+            }
+        }
+        if let Some(timer) = &self.deadline_timer {
+            // 0 would disarm: a deadline of 0 is long past, make it 1 ns.
+            timer.arm(deadline.max(1));
+        }
+        Ok(())
+    }
+
+    pub fn disarm_deadline(&mut self) {
+        if let Some(timer) = &self.deadline_timer {
+            timer.arm(0);
+        }
+    }
+
     /// Sets KVM's TSC offset of this vCPU (guest TSC = host TSC + offset): the
     /// KVM_VCPU_TSC_OFFSET attribute of group KVM_VCPU_TSC_CTRL.
     pub fn set_tsc_offset(&mut self, offset: u64) -> Result<(), hv_return_t> {
@@ -143,6 +169,7 @@ pub fn create(vm: &Arc<Vm>, out: *mut hv_vcpuid_t, flags: hv_vcpu_options_t) -> 
         return code;
     }
     let run_page = fd.get_kvm_run() as *mut kvm_run;
+    super::kick::set_thread_run_page(run_page);
     let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
     let state = VcpuState {
         fd,
@@ -152,6 +179,7 @@ pub fn create(vm: &Arc<Vm>, out: *mut hv_vcpuid_t, flags: hv_vcpu_options_t) -> 
         exec_ns: 0,
         tsc_offset_applied: 0,
         tsc_khz,
+        deadline_timer: None,
     };
     let vcpu = Arc::new(Vcpu {
         id: id as hv_vcpuid_t,
@@ -207,6 +235,7 @@ pub fn destroy(id: hv_vcpuid_t) -> hv_return_t {
         Ok(found) => found,
         Err(code) => return code,
     };
+    super::kick::set_thread_run_page(std::ptr::null_mut());
     if let Some(slot) = lock(&vm.vcpus).get_mut(id as usize) {
         *slot = None;
     }

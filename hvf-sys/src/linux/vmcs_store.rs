@@ -70,13 +70,16 @@ fn truncate(field: u32, value: u64) -> u64 {
 ///
 /// AMD SVM has a single interrupt-shadow bit, which KVM reports as both STI and MOV SS
 /// blocking. VT-x never has both (SDM 27.3.1.5 refuses a VM entry with both), so that
-/// one-instruction shadow is shown as STI blocking: the same effect on interrupts.
-pub fn interruptibility_from_kvm(shadow: u8, nmi_masked: u8) -> u32 {
+/// one-instruction shadow is shown as one of them, with the same effect on interrupts:
+/// STI blocking while RFLAGS.IF=1, MOV SS blocking while IF=0 (a shadow with IF=0
+/// cannot come from STI, and VM entry refuses STI blocking with IF=0, 27.3.1.5).
+pub fn interruptibility_from_kvm(shadow: u8, nmi_masked: u8, rflags: u64) -> u32 {
     let shadow = shadow as u32;
     let mut bits = Interruptibility::empty();
-    if shadow & KVM_X86_SHADOW_INT_STI != 0 {
+    let interrupts_on = rflags & (1 << 9) != 0;
+    if shadow & KVM_X86_SHADOW_INT_STI != 0 && interrupts_on {
         bits |= Interruptibility::STI;
-    } else if shadow & KVM_X86_SHADOW_INT_MOV_SS != 0 {
+    } else if shadow & (KVM_X86_SHADOW_INT_MOV_SS | KVM_X86_SHADOW_INT_STI) != 0 {
         bits |= Interruptibility::MOV_SS;
     }
     if nmi_masked != 0 {
@@ -155,7 +158,7 @@ impl VcpuState {
             VMCS_GUEST_RIP => sync.regs.rip,
             VMCS_GUEST_RSP => sync.regs.rsp,
             VMCS_GUEST_RFLAGS => sync.regs.rflags,
-            VMCS_GUEST_IGNORE_IRQ => interruptibility_from_kvm(sync.events.interrupt.shadow, sync.events.nmi.masked) as u64,
+            VMCS_GUEST_IGNORE_IRQ => interruptibility_from_kvm(sync.events.interrupt.shadow, sync.events.nmi.masked, sync.regs.rflags) as u64,
             VMCS_GUEST_DR7 => match self.fd.get_debug_regs() {
                 Ok(dr) => dr.dr7,
                 Err(e) => return Err(ioctl_failed("KVM_GET_DEBUGREGS", &e)),
@@ -274,7 +277,7 @@ impl VcpuState {
             efer: sync.sregs.efer,
             rflags: sync.regs.rflags,
             segs,
-            interruptibility: interruptibility_from_kvm(sync.events.interrupt.shadow, sync.events.nmi.masked),
+            interruptibility: interruptibility_from_kvm(sync.events.interrupt.shadow, sync.events.nmi.masked, sync.regs.rflags),
             activity: self.field(VMCS_GUEST_ACTIVITY_STATE) as u32,
             entry_controls: controls.entry,
             proc2: controls.effective_proc2(),
@@ -297,25 +300,52 @@ impl VcpuState {
         self.set_field(VMCS_RO_VMEXIT_INSTR_LEN, exit.instr_len as u64);
         self.set_field(VMCS_RO_VMEXIT_IRQ_INFO, 0);
         self.set_field(VMCS_RO_VMEXIT_IRQ_ERROR, 0);
-        let undelivered = self.take_undelivered_interrupt();
-        self.set_field(VMCS_RO_IDT_VECTOR_INFO, undelivered as u64);
-        self.set_field(VMCS_RO_IDT_VECTOR_ERROR, 0);
+        let (info, error) = self.take_undelivered_event();
+        self.set_field(VMCS_RO_IDT_VECTOR_INFO, info as u64);
+        self.set_field(VMCS_RO_IDT_VECTOR_ERROR, error as u64);
     }
 
-    /// An external interrupt the VMM injected that KVM still holds undelivered (KVM_RUN
-    /// returned before entering the guest, on a kick): on VT-x that is an event whose
-    /// delivery the exit cut short, reported as IDT-vectoring information for the VMM to
-    /// inject again (SDM 28.2.4). It is taken out of KVM so that it is not delivered twice,
-    /// and so that the VMM's next injection (KVM_INTERRUPT) finds the slot free.
-    fn take_undelivered_interrupt(&mut self) -> u32 {
-        let events = &self.fd.sync_regs().events;
-        if events.interrupt.injected == 0 || events.interrupt.soft != 0 {
-            return 0;
+    /// An event the VMM injected that KVM still holds undelivered (KVM_RUN returned
+    /// before the guest ran, on a kick; or delivery was cut short): on VT-x that is an
+    /// event whose delivery the exit interrupted, reported as IDT-vectoring information
+    /// for the VMM to inject again (SDM 28.2.4). Every kind is reported: an exception (a
+    /// #GP the VMM queued for an MSR), an NMI, an external interrupt.
+    /// It is taken out of KVM, so that it is not delivered twice and the VMM's next
+    /// injection finds KVM empty. Leaving an exception in KVM while the VMM, seeing the
+    /// entry field free, injects an interrupt gives KVM two events at once: it delivers
+    /// the exception and drops the interrupt when it next completes an exit (its
+    /// "injected" interrupt was never in the hardware's event field). That is how the
+    /// boot hang of issue 8 lost a timer interrupt the LAPIC had already moved to ISR.
+    /// A software interrupt or exception, which the layer hands KVM as a hardware one
+    /// with RIP already past the instruction (`run.rs`), comes back the same way; injected
+    /// again it pushes the same return address.
+    fn take_undelivered_event(&mut self) -> (u32, u32) {
+        let events = self.fd.sync_regs().events;
+        let report = if events.exception.injected != 0 || events.exception.pending != 0 {
+            let mut info = IRQ_INFO_VALID | IRQ_INFO_HARD_EXC | events.exception.nr as u32;
+            if events.exception.has_error_code != 0 {
+                info |= IRQ_INFO_ERROR_VALID;
+            }
+            let ev = &mut self.fd.sync_regs_mut().events;
+            ev.exception.injected = 0;
+            ev.exception.pending = 0;
+            Some((info, events.exception.error_code))
+        } else if events.nmi.injected != 0 {
+            self.fd.sync_regs_mut().events.nmi.injected = 0;
+            Some((IRQ_INFO_VALID | IRQ_INFO_NMI | 2, 0))
+        } else if events.interrupt.injected != 0 && events.interrupt.soft == 0 {
+            self.fd.sync_regs_mut().events.interrupt.injected = 0;
+            Some((IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | events.interrupt.nr as u32, 0))
+        } else {
+            None
+        };
+        match report {
+            Some(event) => {
+                self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+                event
+            }
+            None => (0, 0),
         }
-        let vector = events.interrupt.nr;
-        self.fd.sync_regs_mut().events.interrupt.injected = 0;
-        self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
-        IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | vector as u32
     }
 }
 
@@ -348,13 +378,16 @@ mod tests {
     fn interruptibility_converts_both_ways() {
         for bits in [0, 1, 2, 8, 9, 10] {
             let shadow = shadow_from_vmx(bits);
-            assert_eq!(interruptibility_from_kvm(shadow, (bits & 8 != 0) as u8), bits);
+            assert_eq!(interruptibility_from_kvm(shadow, (bits & 8 != 0) as u8, 0x202), bits);
         }
         assert_eq!(shadow_from_vmx(Interruptibility::STI.bits()) as u32, KVM_X86_SHADOW_INT_STI);
         assert_eq!(shadow_from_vmx(Interruptibility::MOV_SS.bits()) as u32, KVM_X86_SHADOW_INT_MOV_SS);
-        // AMD's one shadow bit, reported by KVM as both kinds: shown as STI blocking only.
+        // AMD's one shadow bit, reported by KVM as both kinds: shown as STI blocking with
+        // IF=1, as MOV SS blocking with IF=0 (STI blocking with IF=0 fails VM entry).
         let amd = (KVM_X86_SHADOW_INT_STI | KVM_X86_SHADOW_INT_MOV_SS) as u8;
-        assert_eq!(interruptibility_from_kvm(amd, 0), Interruptibility::STI.bits());
+        assert_eq!(interruptibility_from_kvm(amd, 0, 0x202), Interruptibility::STI.bits());
+        assert_eq!(interruptibility_from_kvm(amd, 0, 0x2), Interruptibility::MOV_SS.bits());
+        assert_eq!(interruptibility_from_kvm(KVM_X86_SHADOW_INT_STI as u8, 0, 0x2), Interruptibility::MOV_SS.bits());
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub fn handle_exit(ctx: &mut ExitContext, reason: u32) -> Result<Action, HvError
         VMX_REASON_IRQ_WND => Ok(Action::Resume),
         // A host interrupt or a kick: nothing to do for the guest, RIP stays put.
         VMX_REASON_IRQ => Ok(Action::Resume),
+        // The run's deadline (the kick backstop, crate::kick): the loop looks for work.
+        VMX_REASON_VMX_TIMER_EXPIRED => Ok(Action::Resume),
         VMX_REASON_TRIPLE_FAULT => fault::triple_fault(ctx),
         other => fault::unhandled(ctx, other),
     }
@@ -392,7 +394,7 @@ mod tests {
     #[test]
     fn external_interrupt_and_window_exits_leave_rip_alone() {
         let m = machine();
-        for reason in [VMX_REASON_IRQ, VMX_REASON_IRQ_WND] {
+        for reason in [VMX_REASON_IRQ, VMX_REASON_IRQ_WND, VMX_REASON_VMX_TIMER_EXPIRED] {
             let mut v = exit(reason, 0, 0);
             assert_eq!(run(&mut v, &m), Action::Resume);
             assert_eq!(v.regs[&HV_X86_RIP], 0x1000);
