@@ -32,11 +32,11 @@ impl WindowControl {
 }
 
 /// An event whose delivery an exit interrupted (IDT-vectoring information, SDM 28.2.4) is
-/// injected again, or the guest would lose it.
-pub fn reinject_interrupted_event(vcpu: &mut dyn VcpuRegs) -> Result<(), HvError> {
+/// injected again, or the guest would lose it. Returns the IDT-vectoring information.
+pub fn reinject_interrupted_event(vcpu: &mut dyn VcpuRegs) -> Result<u32, HvError> {
     let info = vcpu.read_vmcs(VMCS_RO_IDT_VECTOR_INFO)? as u32;
     if info & IRQ_INFO_VALID == 0 {
-        return Ok(());
+        return Ok(info);
     }
     if info & IRQ_INFO_ERROR_VALID != 0 {
         let code = vcpu.read_vmcs(VMCS_RO_IDT_VECTOR_ERROR)?;
@@ -48,7 +48,8 @@ pub fn reinject_interrupted_event(vcpu: &mut dyn VcpuRegs) -> Result<(), HvError
         vcpu.write_vmcs(VMCS_CTRL_VMENTRY_INSTR_LEN, len)?;
     }
     // Bit 12 of the IDT-vectoring field is undefined; the entry field's bit 12 is reserved.
-    vcpu.write_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO, (info & !(1 << 12)) as u64)
+    vcpu.write_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO, (info & !(1 << 12)) as u64)?;
+    Ok(info)
 }
 
 /// Whether an external interrupt can be injected now (SDM 26.3.1.5): RFLAGS.IF set and
@@ -142,7 +143,7 @@ mod tests {
         let mut v = RecordedExit::new()
             .field(VMCS_RO_IDT_VECTOR_INFO, 0x8000_0b0e)
             .field(VMCS_RO_IDT_VECTOR_ERROR, 2);
-        reinject_interrupted_event(&mut v).unwrap();
+        assert_eq!(reinject_interrupted_event(&mut v).unwrap(), 0x8000_0b0e);
         assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_IRQ_INFO], 0x8000_0b0e);
         assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_EXC_ERROR], 2);
         let mut none = RecordedExit::new().field(VMCS_RO_IDT_VECTOR_INFO, 0);

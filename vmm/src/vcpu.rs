@@ -102,8 +102,8 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
         HvError::check(ret)?;
 
         let reason = vcpu.read_vmcs(VMCS_RO_EXIT_REASON)? as u32;
-        exits.count(reason, vcpu.read_vmcs(VMCS_RO_IDT_VECTOR_INFO)?);
-        inject::reinject_interrupted_event(vcpu)?;
+        let interrupted = inject::reinject_interrupted_event(vcpu)?;
+        exits.count(reason, interrupted as u64);
         let rip = if trace::tracing() { vcpu.read_reg(HV_X86_RIP)? } else { 0 };
         let mut ctx = ExitContext::new(vcpu, machine, &mut state);
         let action = exit::handle_exit(&mut ctx, reason)?;
