@@ -5,10 +5,10 @@
 #
 # 1. scripts/setup.sh (installs what is missing);
 # 2. unit tests on the host: cargo test --workspace --exclude hvrun-tests (no KVM needed);
-# 3. end-to-end tests (package hvrun-tests): built on the host, then every test binary
-#    runs with --test-threads=1 (one VM per process), either on the local /dev/kvm when it
-#    is hardware-backed, or else all of them in one boot of scripts/sandbox.sh (a VM with
-#    a real KVM). They see HVRUN_KVM=hardware|sandbox.
+# 3. end-to-end tests (package hvrun-tests, Cargo profile e2e): built on the host, then
+#    every test binary runs with --test-threads=1 (one VM per process), either on the
+#    local /dev/kvm when it is hardware-backed, or else all of them in one boot of
+#    scripts/sandbox.sh (a VM with a real KVM). They see HVRUN_KVM=hardware|sandbox.
 # Ends with the line "N passed, N failed" (summed over every libtest result line) and
 # exits non-zero if a test failed, a test binary crashed, a build or the sandbox failed.
 #
@@ -57,8 +57,10 @@ if [[ $has_e2e != True ]]; then
 else
     echo "=== end-to-end tests: building (tests, the hvrun command, the guests)"
     set +e
-    cargo build -p hvrun && cargo build --release -p hvrun &&
-        cargo test -p hvrun-tests --no-run --message-format=json >"$work/build.json"
+    # Profile e2e (Cargo.toml): optimised, with debug checks; the tests run the hvrun
+    # built beside them (target/e2e/hvrun).
+    cargo build --profile e2e -p hvrun &&
+        cargo test --profile e2e -p hvrun-tests --no-run --message-format=json >"$work/build.json"
     rc=$?
     set -e
     # The guests the boot tests run (cached under .cache/guest; see the scripts).
@@ -118,7 +120,7 @@ EOF
             if [[ ${#test_args[@]} -eq 0 ]]; then
                 printf 'echo "     Running the boot loop (10 boots)"\n'
                 printf 'cd %q && python3 scripts/boot-loop.py --hvrun %q --kernel %q --initrd %q --boots 10 --deadline 120\n' \
-                    "$repo" "$repo/target/release/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
+                    "$repo" "$repo/target/e2e/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
                 printf 'if [ $? -ne 0 ]; then printf "\\nhvrun-test: the boot loop failed\\n"; rc=1; fi\n'
             fi
             echo 'exit $rc'

@@ -1,6 +1,6 @@
 //! Running the `hvrun` command itself, as a user would: its console on a pipe or on a
-//! real pseudo-terminal, with every output line time-stamped as it arrives.
-use std::io::{BufRead, BufReader, Read, Write};
+//! real pseudo-terminal, with every output line time-stamped when its first byte arrives.
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,13 +24,16 @@ pub fn guest_file(var: &str) -> PathBuf {
     path
 }
 
-/// Output lines with the time each arrived.
+/// Output lines with the time the first byte of each arrived (a guest's line takes as
+/// long to print as its characters take to go through the emulated UART; the start of
+/// the line is the closest the host sees to when the guest wrote it).
 #[derive(Clone, Default)]
 pub struct Lines(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Lines {
-    fn push(&self, line: String) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), line));
+    fn push(&self, started: Instant, line: &[u8]) {
+        let text = String::from_utf8_lossy(line).trim_end_matches('\r').to_string();
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((started, text));
     }
 
     pub fn all(&self) -> Vec<(Instant, String)> {
@@ -59,11 +62,32 @@ impl Lines {
     }
 }
 
-fn collect(reader: impl Read + Send + 'static, lines: Lines) -> std::thread::JoinHandle<()> {
+fn collect(mut reader: impl Read + Send + 'static, lines: Lines) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        for line in BufReader::new(reader).split(b'\n') {
-            let Ok(line) = line else { return };
-            lines.push(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string());
+        let mut line = Vec::new();
+        let mut started = Instant::now();
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(0) | Err(_) => break, // EOF, or EIO from a terminal whose other side closed
+                Ok(n) => n,
+            };
+            let now = Instant::now();
+            for &byte in &buf[..n] {
+                if line.is_empty() {
+                    started = now;
+                }
+                if byte == b'\n' {
+                    lines.push(started, &line);
+                    line.clear();
+                } else {
+                    line.push(byte);
+                }
+            }
+        }
+        if !line.is_empty() {
+            lines.push(started, &line);
         }
     })
 }

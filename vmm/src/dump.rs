@@ -42,11 +42,34 @@ pub struct VcpuSnapshot {
     pub window_requested: bool,
     /// A kick the framework holds for the next run (Linux layer only; `None` elsewhere).
     pub kick_pending: Option<bool>,
-    /// Exits so far, and the last one's reason and IDT-vectoring information.
+    /// Exits so far, and the last few, oldest first.
     pub exits: u64,
-    pub last_exit: Option<(u32, u64)>,
-    /// The reasons of the exits before, oldest first.
-    pub recent_exits: Vec<u32>,
+    pub recent_exits: Vec<RecentExit>,
+}
+
+/// One exit as the state dump shows it: enough to see a guest that no longer moves (the
+/// same RIP exit after exit) or an event injected again and again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentExit {
+    pub reason: u32,
+    pub rip: u64,
+    /// The interrupt vector hvrun injected at the entry this exit ended.
+    pub injected: Option<u8>,
+    /// IDT-vectoring information (SDM 28.2.4): an event whose delivery the exit cut short.
+    pub idt_vectoring: u32,
+}
+
+impl fmt::Display for RecentExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}) at RIP {:#x}", exit_reason_name(self.reason), self.reason, self.rip)?;
+        if let Some(vector) = self.injected {
+            write!(f, ", after injecting {vector:#04x}")?;
+        }
+        if self.idt_vectoring & IRQ_INFO_VALID != 0 {
+            write!(f, ", cutting short the delivery of {:#x}", self.idt_vectoring)?;
+        }
+        Ok(())
+    }
 }
 
 impl VcpuSnapshot {
@@ -61,7 +84,6 @@ impl VcpuSnapshot {
             window_requested: vcpu.read_vmcs(VMCS_CTRL_CPU_BASED)? & ProcBased::IRQ_WND.bits() as u64 != 0,
             kick_pending: None,
             exits: 0,
-            last_exit: None,
             recent_exits: Vec::new(),
         })
     }
@@ -94,15 +116,11 @@ impl fmt::Display for VcpuSnapshot {
             write!(f, "; a kick {} held for the next run", if pending { "is" } else { "is not" })?;
         }
         write!(f, "\n    {} exits", self.exits)?;
-        if let Some((reason, idt)) = self.last_exit {
-            write!(f, ", the last {} ({reason})", exit_reason_name(reason))?;
-            if idt as u32 & IRQ_INFO_VALID != 0 {
-                write!(f, " cutting short the delivery of {idt:#x}")?;
-            }
-        }
         if !self.recent_exits.is_empty() {
-            let names: Vec<_> = self.recent_exits.iter().map(|&r| exit_reason_name(r)).collect();
-            write!(f, "\n    recent exits: {}", names.join(" "))?;
+            write!(f, "; the last {}, oldest first:", self.recent_exits.len())?;
+        }
+        for exit in &self.recent_exits {
+            write!(f, "\n      {exit}")?;
         }
         Ok(())
     }
@@ -200,7 +218,6 @@ mod tests {
             window_requested: true,
             kick_pending: None,
             exits: 0,
-            last_exit: None,
             recent_exits: Vec::new(),
         });
         let text = s.to_string();
@@ -209,10 +226,13 @@ mod tests {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }
         let quiet = VcpuSnapshot { entry_event: 0xb0d, window_requested: false, kick_pending: Some(true), rflags: 0x2, activity: 1,
-            exits: 7, last_exit: Some((VMX_REASON_IRQ, 0x8000_0b0d)), recent_exits: vec![VMX_REASON_IO, VMX_REASON_IRQ], ..s };
+            exits: 7, recent_exits: vec![
+                RecentExit { reason: VMX_REASON_IO, rip: 0x1000, injected: Some(0x30), idt_vectoring: 0 },
+                RecentExit { reason: VMX_REASON_IRQ, rip: 0x1002, injected: None, idt_vectoring: 0x8000_0b0d },
+            ], ..s };
         let text = quiet.to_string();
         for needle in ["(IF=0)", "activity HLT", "nothing queued", "window not requested", "a kick is held",
-            "7 exits, the last IRQ (1) cutting short the delivery of 0x80000b0d", "recent exits: IO IRQ"] {
+            "7 exits; the last 2, oldest first:\n      IO (30) at RIP 0x1000, after injecting 0x30\n      IRQ (1) at RIP 0x1002, cutting short the delivery of 0x80000b0d"] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }
     }

@@ -16,7 +16,7 @@ use crate::controls::Controls;
 use crate::entry::EntryState;
 use crate::exit::{self, Action, ExitContext, VcpuState};
 use crate::inject::{self, WindowControl};
-use crate::dump::VcpuSnapshot;
+use crate::dump::{RecentExit, VcpuSnapshot};
 use crate::irq::LocalInterrupts;
 use crate::kick::{self, Waker};
 use crate::machine::{Machine, StopReason};
@@ -95,16 +95,16 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
             break;
         }
         answer_dump_request(vcpu, config, &exits)?;
-        inject::before_entry(vcpu, config.irq.as_ref(), &mut window)?;
+        let injected = inject::before_entry(vcpu, config.irq.as_ref(), &mut window)?;
         let ret = run_guest(vcpu, &mut backstop);
         config.waker.left_guest();
         let exited = Instant::now();
         HvError::check(ret)?;
 
         let reason = vcpu.read_vmcs(VMCS_RO_EXIT_REASON)? as u32;
-        let interrupted = inject::reinject_interrupted_event(vcpu)?;
-        exits.count(reason, interrupted as u64);
-        let rip = if trace::tracing() { vcpu.read_reg(HV_X86_RIP)? } else { 0 };
+        let idt_vectoring = inject::reinject_interrupted_event(vcpu)?;
+        let rip = vcpu.read_reg(HV_X86_RIP)?;
+        exits.count(RecentExit { reason, rip, injected, idt_vectoring });
         let mut ctx = ExitContext::new(vcpu, machine, &mut state);
         let action = exit::handle_exit(&mut ctx, reason)?;
         if trace::tracing() {
@@ -141,26 +141,23 @@ fn run_guest(vcpu: &HvVcpu, backstop: &mut bool) -> hv_return_t {
     unsafe { hv_vcpu_run_until(vcpu.id, HV_DEADLINE_FOREVER) }
 }
 
-/// How many exits this vCPU took, the last one and the reasons of those before it
-/// (for the state dump).
+/// How many exits this vCPU took, and the last few (for the state dump).
 #[derive(Default)]
 struct ExitCount {
     exits: u64,
-    last: Option<(u32, u64)>,
-    recent: [u32; RECENT_EXITS],
+    recent: [RecentExit; RECENT_EXITS],
 }
 
 const RECENT_EXITS: usize = 16;
 
 impl ExitCount {
-    fn count(&mut self, reason: u32, idt_vectoring: u64) {
-        self.recent[self.exits as usize % RECENT_EXITS] = reason;
+    fn count(&mut self, exit: RecentExit) {
+        self.recent[self.exits as usize % RECENT_EXITS] = exit;
         self.exits += 1;
-        self.last = Some((reason, idt_vectoring));
     }
 
-    /// The reasons of the last exits, oldest first.
-    fn recent(&self) -> Vec<u32> {
+    /// The last exits, oldest first.
+    fn recent(&self) -> Vec<RecentExit> {
         let n = (self.exits as usize).min(RECENT_EXITS);
         (0..n).map(|i| self.recent[(self.exits as usize - n + i) % RECENT_EXITS]).collect()
     }
@@ -170,7 +167,7 @@ impl ExitCount {
 fn answer_dump_request(vcpu: &HvVcpu, config: &VcpuConfig, exits: &ExitCount) -> Result<(), HvError> {
     if config.waker.take_dump_request() {
         let mut snapshot = VcpuSnapshot::read(config.index, vcpu)?;
-        (snapshot.exits, snapshot.last_exit, snapshot.recent_exits) = (exits.exits, exits.last, exits.recent());
+        (snapshot.exits, snapshot.recent_exits) = (exits.exits, exits.recent());
         #[cfg(target_os = "linux")]
         {
             snapshot.kick_pending = Some(hvf_sys::linux::hv_linux_vcpu_kick_pending(vcpu.id));
