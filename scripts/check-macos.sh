@@ -22,12 +22,13 @@ cd "$repo"
 
 # Debian's cargo and rustc by absolute path, with rustup out of the way: rustup's proxies
 # in ~/.cargo/bin would otherwise pick rustup's toolchain for rustc and build scripts.
-# Own target directory: the two toolchains' artifacts would invalidate each other.
+# Own target directory (macos/ under CARGO_TARGET_DIR or target/): the two toolchains'
+# artifacts would invalidate each other.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 unset RUSTUP_TOOLCHAIN CARGO_BUILD_RUSTC RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
 
 echo "check-macos: $(/usr/bin/cargo --version), $(/usr/bin/rustc --version)" >&2
 exec /usr/bin/cargo check -Zbuild-std --target x86_64-apple-darwin \
-    --target-dir "$repo/target/macos" \
+    --target-dir "${CARGO_TARGET_DIR:-$repo/target}/macos" \
     --workspace --exclude hvrun-tests --all-targets "$@"

@@ -1,6 +1,7 @@
 //! `hvrun [OPTIONS] <KERNEL> [INITRD]`: boots a Linux kernel to its serial console.
 mod console;
 mod disk_arg;
+mod mem_arg;
 mod platform;
 mod size;
 mod terminal;
@@ -44,8 +45,9 @@ struct Args {
     /// An initramfs for the kernel.
     initrd: Option<PathBuf>,
     /// Guest memory, e.g. 512M or 2G (128M to 256G).
-    #[arg(long, default_value = "512M", value_parser = size::parse_size)]
-    mem: u64,
+    // Checked in main, not by clap: a bad size is status 1 and one line naming the value.
+    #[arg(long, default_value = "512M")]
+    mem: String,
     /// The whole kernel command line, replacing the default ("console=ttyS0").
     #[arg(long)]
     cmdline: Option<String>,
@@ -75,6 +77,17 @@ fn main() -> ExitCode {
     env_logger::Builder::new().parse_filters(&args.log_level).parse_default_env().init();
     vmm::trace::set_tracing(args.trace_exits);
     vmm::trace::set_stats(args.exit_stats);
+    if let Err(e) = vmm::host::check() {
+        eprintln!("hvrun: {e}");
+        return ExitCode::from(status::ERROR);
+    }
+    let mem_size = match mem_arg::parse_mem(&args.mem) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("hvrun: {e}");
+            return ExitCode::from(status::ERROR);
+        }
+    };
 
     let mut cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
     if args.root {
@@ -86,7 +99,7 @@ fn main() -> ExitCode {
     let config = platform::Config {
         kernel: &args.kernel,
         initrd: args.initrd.as_deref(),
-        mem_size: args.mem,
+        mem_size,
         cmdline,
         disks: &args.disk,
     };

@@ -199,6 +199,6 @@ fn bad_input_gets_one_line_and_status_one() {
     refused(&["--mem", "128M", &kernel, &big], "initrd");
     refused(&["--append", &long, &kernel, &initrd], "command line");
     refused(&["--mem", "64M", &kernel, &initrd], "memory");
-    refused(&["--mem", "100000G", &kernel, &initrd], "memory");
+    refused(&["--mem", "100000G", &kernel, &initrd], "--mem 100000G is out of range (128M to 256G)");
     std::fs::remove_dir_all(&dir).unwrap();
 }

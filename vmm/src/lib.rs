@@ -7,6 +7,7 @@ pub mod dump;
 pub mod emulate;
 pub mod entry;
 pub mod exit;
+pub mod host;
 pub mod inject;
 pub mod irq;
 pub mod kick;

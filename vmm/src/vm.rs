@@ -3,6 +3,7 @@
 use crate::clock::{host_tsc_hz, GuestClock};
 use crate::controls::{Capabilities, Controls, MissingControl};
 use crate::cpuid::CpuidPolicy;
+use crate::host::VmCreateError;
 use crate::machine::{Machine, StopReason, Stopper};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{self, VcpuConfig};
@@ -14,6 +15,8 @@ use std::thread::JoinHandle;
 
 #[derive(Debug)]
 pub enum VmError {
+    /// `hv_vm_create` failed: on macOS, with what to do about it.
+    Create(VmCreateError),
     Hv(&'static str, HvError),
     Memory(MemoryError),
     Controls(MissingControl),
@@ -25,6 +28,7 @@ pub enum VmError {
 impl fmt::Display for VmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            VmError::Create(e) => write!(f, "{e}"),
             VmError::Hv(what, e) => write!(f, "{what}: {e}"),
             VmError::Memory(e) => write!(f, "{e}"),
             VmError::Controls(e) => write!(f, "{e}"),
@@ -53,7 +57,7 @@ impl Vm {
     pub fn with_clock(mem_size: u64, cpuid: CpuidPolicy, stopper: Arc<Stopper>, clock: GuestClock) -> Result<Vm, VmError> {
         let ram = GuestRam::new(mem_size).map_err(VmError::Memory)?;
         // SAFETY: no arguments beyond the flags.
-        HvError::check(unsafe { hv_vm_create(HV_VM_DEFAULT) }).map_err(|e| VmError::Hv("hv_vm_create", e))?;
+        HvError::check(unsafe { hv_vm_create(HV_VM_DEFAULT) }).map_err(|e| VmError::Create(VmCreateError::new(e)))?;
         let vm = |ram| -> Result<Vm, VmError> {
             let caps = Capabilities::read().map_err(|e| VmError::Hv("hv_vmx_read_capability", e))?;
             let controls = Controls::from_capabilities(&caps).map_err(VmError::Controls)?;
