@@ -4,8 +4,10 @@
 //! and subleaf KVM knows about and installs the answers: the guest sees the VMM's CPUID
 //! on both hosts.
 use super::errors::*;
+use super::vcpu::VcpuState;
 use super::vm::Vm;
 use crate::error::*;
+use crate::vmx::ProcBased2;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::VcpuFd;
 
@@ -20,9 +22,71 @@ fn supported(vm: &Vm) -> Result<CpuId, hv_return_t> {
         .map_err(|e| ioctl_failed("KVM_GET_SUPPORTED_CPUID", &e))
 }
 
-/// The default table of a new vCPU: what KVM supports.
+/// An instruction VT-x runs only with a secondary control on (SDM 25.6.2, table 25-7;
+/// #UD otherwise), and the CPUID bit that tells a guest it may use it.
+struct Gated {
+    instruction: &'static str,
+    leaf: u32,
+    subleaf: u32,
+    /// 0 EAX, 1 EBX, 2 ECX, 3 EDX.
+    register: usize,
+    bit: u32,
+    control: ProcBased2,
+    control_name: &'static str,
+}
+
+const GATED: [Gated; 5] = [
+    Gated { instruction: "XSAVES/XRSTORS (CPUID.(EAX=0DH,ECX=1):EAX[3])", leaf: 0xd, subleaf: 1, register: 0, bit: 3,
+        control: ProcBased2::XSAVES, control_name: "enable XSAVES/XRSTORS" },
+    Gated { instruction: "INVPCID (CPUID.(EAX=07H,ECX=0):EBX[10])", leaf: 7, subleaf: 0, register: 1, bit: 10,
+        control: ProcBased2::INVPCID, control_name: "enable INVPCID" },
+    Gated { instruction: "RDTSCP (CPUID.80000001H:EDX[27])", leaf: 0x8000_0001, subleaf: 0, register: 3, bit: 27,
+        control: ProcBased2::RDTSCP, control_name: "enable RDTSCP" },
+    Gated { instruction: "RDPID (CPUID.(EAX=07H,ECX=0):ECX[22])", leaf: 7, subleaf: 0, register: 2, bit: 22,
+        control: ProcBased2::RDTSCP, control_name: "enable RDTSCP" },
+    Gated { instruction: "TPAUSE/UMONITOR/UMWAIT (CPUID.(EAX=07H,ECX=0):ECX[5])", leaf: 7, subleaf: 0, register: 2, bit: 5,
+        control: ProcBased2::USER_WAIT_PAUSE, control_name: "enable user wait and pause" },
+];
+
+fn registers(e: &kvm_cpuid_entry2) -> [u32; 4] {
+    [e.eax, e.ebx, e.ecx, e.edx]
+}
+
+fn shows(entries: &[kvm_cpuid_entry2], g: &Gated) -> bool {
+    entries.iter().any(|e| e.function == g.leaf && e.index == g.subleaf && registers(e)[g.register] & (1 << g.bit) != 0)
+}
+
+/// The secondary controls the instructions a table shows need (KVM, unlike VT-x, turns
+/// them on by itself from the guest's CPUID: the layer checks instead).
+pub fn controls_needed(entries: &[kvm_cpuid_entry2]) -> u32 {
+    GATED.iter().filter(|g| shows(entries, g)).fold(0, |acc, g| acc | g.control.bits())
+}
+
+/// Refuses what a Mac would run with #UD: an instruction shown whose control is off.
+pub fn check_gated(needed: u32, proc2: u32) -> Result<(), String> {
+    match GATED.iter().find(|g| needed & g.control.bits() != 0 && proc2 & g.control.bits() == 0) {
+        Some(g) => Err(format!("CPUID shows {} but the secondary control '{}' is off: on VT-x the guest gets #UD",
+            g.instruction, g.control_name)),
+        None => Ok(()),
+    }
+}
+
+/// The default table of a new vCPU: what KVM supports, without the instructions whose
+/// VT-x controls a fresh VMCS does not have.
 pub fn set_supported(vm: &Vm, fd: &VcpuFd) -> Result<(), hv_return_t> {
-    let cpuid = supported(vm)?;
+    let mut entries = supported(vm)?.as_slice().to_vec();
+    for e in entries.iter_mut() {
+        for g in GATED.iter().filter(|g| g.leaf == e.function && g.subleaf == e.index) {
+            let reg = match g.register {
+                0 => &mut e.eax,
+                1 => &mut e.ebx,
+                2 => &mut e.ecx,
+                _ => &mut e.edx,
+            };
+            *reg &= !(1 << g.bit);
+        }
+    }
+    let cpuid = CpuId::from_entries(&entries).map_err(|_| HV_NO_RESOURCES)?;
     fd.set_cpuid2(&cpuid).map_err(|e| ioctl_failed("KVM_SET_CPUID2", &e))
 }
 
@@ -66,13 +130,22 @@ pub fn build(kvm_entries: &[kvm_cpuid_entry2], policy: &dyn Fn(u32, u32) -> [u32
 }
 
 /// hv_linux_vcpu_set_cpuid. KVM accepts a new table only before the vCPU first runs
-/// (or an identical one afterwards): call it right after hv_vcpu_create.
-pub fn set(vm: &Vm, fd: &VcpuFd, policy: &dyn Fn(u32, u32) -> [u32; 4]) -> hv_return_t {
+/// (or an identical one afterwards): call it right after hv_vcpu_create, once the
+/// controls are written. A table that shows an instruction whose control is off is
+/// refused (HV_BAD_ARGUMENT); the controls are checked again at every entry.
+pub fn set(vm: &Vm, st: &mut VcpuState, policy: &dyn Fn(u32, u32) -> [u32; 4]) -> hv_return_t {
     let kvm = match supported(vm) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let entries = build(kvm.as_slice(), policy);
+    let needed = controls_needed(&entries);
+    if let Err(message) = check_gated(needed, st.controls().effective_proc2()) {
+        log::error!("hvf-sys/linux: CPUID table refused: {message}");
+        return HV_BAD_ARGUMENT;
+    }
+    st.cpuid_controls_needed = needed;
+    let fd = &st.fd;
     let cpuid = match CpuId::from_entries(&entries) {
         Ok(c) => c,
         Err(_) => {
@@ -122,5 +195,19 @@ mod tests {
         let table = build(&kvm, &policy);
         assert_eq!((table[0].ecx, table[0].edx), (0x8120_0001, 0x201));
         assert_eq!((table[1].ebx, table[1].ecx, table[1].edx), (0x8, 0, 0));
+    }
+
+    #[test]
+    fn an_instruction_shown_without_its_control_is_refused() {
+        let table = [
+            kvm_cpuid_entry2 { function: 7, index: 0, ebx: 1 << 10, ecx: 1 << 22, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0xd, index: 1, eax: 0b1111, ..Default::default() },
+        ];
+        let needed = controls_needed(&table);
+        assert_eq!(needed, (ProcBased2::INVPCID | ProcBased2::RDTSCP | ProcBased2::XSAVES).bits());
+        let err = check_gated(needed, (ProcBased2::INVPCID | ProcBased2::RDTSCP).bits()).unwrap_err();
+        assert!(err.contains("XSAVES/XRSTORS") && err.contains("enable XSAVES/XRSTORS"), "{err}");
+        assert!(check_gated(needed, needed).is_ok());
+        assert!(check_gated(0, 0).is_ok(), "nothing shown, nothing needed");
     }
 }

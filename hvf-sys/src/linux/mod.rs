@@ -55,7 +55,7 @@ use crate::types::hv_vcpuid_t;
 /// thread after `hv_vcpu_create` and before the first run (KVM refuses a different
 /// table afterwards).
 pub fn hv_linux_vcpu_set_cpuid(vcpu: hv_vcpuid_t, policy: &dyn Fn(u32, u32) -> [u32; 4]) -> hv_return_t {
-    vcpu::with_vcpu(vcpu, |vm, _, st| cpuid::set(vm, &st.fd, policy))
+    vcpu::with_vcpu(vcpu, |vm, _, st| cpuid::set(vm, st, policy))
 }
 
 /// The host TSC rate in kHz as KVM knows it (KVM_GET_TSC_KHZ on a throwaway vCPU), Linux
