@@ -7,7 +7,7 @@
 //! test holds VM_LOCK and tears its VM down (vCPU on its own thread first).
 #![cfg(target_os = "linux")]
 
-use hvf_sys::linux::{hv_linux_set_kick_mode, hv_linux_vcpu_set_cpuid, KickMode};
+use hvf_sys::linux::{hv_linux_kvm_tracks_guest_xcr0, hv_linux_set_kick_mode, hv_linux_vcpu_set_cpuid, KickMode};
 use hvf_sys::vmcs::*;
 use hvf_sys::vmx::*;
 use hvf_sys::*;
@@ -579,20 +579,20 @@ fn a_fresh_vmcs_has_its_default_control_bits() {
 #[test]
 fn cpuid_showing_an_instruction_without_its_control_is_refused() {
     let g = Guest::new(&[0xf4]);
-    // XSAVES: CPUID.(EAX=0DH,ECX=1):EAX[3]; the layer passes leaf 0xD through as given.
-    let policy = |leaf: u32, sub: u32| match (leaf, sub) {
-        (0, _) => [0xd, 0, 0, 0],
-        (0xd, 1) => [1 << 3, 0, 0, 0],
+    // RDTSCP: CPUID.80000001H:EDX[27] (every x86-64 host KVM runs on has it).
+    let policy = |leaf: u32, _sub: u32| match leaf {
+        0x8000_0000 => [0x8000_0001, 0, 0, 0],
+        0x8000_0001 => [0, 0, 0, 1 << 27],
         _ => [0; 4],
     };
     let proc2 = g.r(VMCS_CTRL_CPU_BASED2);
-    assert_eq!(proc2 & ProcBased2::XSAVES.bits() as u64, 0);
+    assert_eq!(proc2 & ProcBased2::RDTSCP.bits() as u64, 0);
     assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_BAD_ARGUMENT);
-    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::XSAVES.bits() as u64);
+    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::RDTSCP.bits() as u64);
     assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_SUCCESS);
     g.w(VMCS_CTRL_CPU_BASED2, proc2);
     assert_eq!(unsafe { hv_vcpu_run(g.vcpu) }, HV_ERROR, "entry with the control off");
-    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::XSAVES.bits() as u64);
+    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::RDTSCP.bits() as u64);
     assert_eq!(g.run(), VMX_REASON_HLT);
 }
 
@@ -642,3 +642,40 @@ fn cpuid_hook_installs_the_policy() {
     assert_eq!(g.reg(HV_X86_RDX) as u32, 0x6f77_206f);
 }
 
+/// XSAVE is offered only where KVM follows the guest's XSETBV: a guest that enables AVX
+/// state here must find it enabled in KVM (which switches it at every entry); where KVM
+/// would not follow (nested under TCG) the CPUID table shows no XSAVE, so the guest
+/// keeps to FXSAVE, which KVM's XCR0 reloads cannot break.
+#[test]
+fn xsave_state_is_offered_only_where_kvm_follows_xsetbv() {
+    // mov eax, cr4; or eax, 1 << 18; mov cr4, eax; xor ecx, ecx; mov eax, 7; xor edx, edx;
+    // xsetbv; hlt; then: mov eax, 0xd; xor ecx, ecx; cpuid; hlt
+    let g = Guest::new(&[0x0f, 0x20, 0xe0, 0x66, 0x0d, 0x00, 0x00, 0x04, 0x00, 0x0f, 0x22, 0xe0, 0x66, 0x31, 0xc9,
+        0x66, 0xb8, 0x07, 0, 0, 0, 0x66, 0x31, 0xd2, 0x0f, 0x01, 0xd1, 0xf4,
+        0x66, 0xb8, 0x0d, 0, 0, 0, 0x66, 0x31, 0xc9, 0x0f, 0xa2, 0xf4]);
+    let host = std::arch::x86_64::__cpuid_count(0xd, 0);
+    if host.eax & 0b111 != 0b111 {
+        eprintln!("the host has no AVX state: nothing to check");
+        return;
+    }
+    let policy = |leaf: u32, sub: u32| match (leaf, sub) {
+        (0, _) => [0xd, 0, 0, 0],
+        (1, _) => [0, 0, 1 << 26, 0], // XSAVE
+        (0xd, 0) => [0b111, 576, 832, 0],
+        (0xd, 2) => [256, 576, 0, 0],
+        _ => [0; 4],
+    };
+    assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_SUCCESS);
+    let tracked = hv_linux_kvm_tracks_guest_xcr0();
+    if tracked {
+        assert_eq!(g.run(), VMX_REASON_HLT);
+        assert_eq!(g.reg(HV_X86_XCR0), 0b111, "KVM followed the guest's XSETBV");
+        g.skip();
+        assert_eq!(g.run(), VMX_REASON_HLT);
+        assert_eq!(g.reg(HV_X86_RAX) as u32 & 0b111, 0b111, "AVX state offered");
+    } else {
+        g.w(VMCS_GUEST_RIP, 0x101c); // straight to the CPUID
+        assert_eq!(g.run(), VMX_REASON_HLT);
+        assert_eq!([g.reg(HV_X86_RAX), g.reg(HV_X86_RBX), g.reg(HV_X86_RCX)].map(|r| r as u32), [0; 3], "no XSAVE leaf");
+    }
+}

@@ -95,26 +95,55 @@ pub fn set_supported(vm: &Vm, fd: &VcpuFd) -> Result<(), hv_return_t> {
 const LEAF1_ECX_EMULATED: u32 = (1 << 21) | (1 << 24) | (1 << 31);
 const LEAF1_EDX_EMULATED: u32 = 1 << 9;
 
+/// Where KVM does not see the guest's XSETBV (`xsetbv_probe`) it reloads its own idea of
+/// the guest's XCR0 (x87 only) at every entry, so an XSAVE-based context switch in the
+/// guest would drop SSE and AVX registers. XSAVE is then not offered at all (the guest
+/// falls back to FXSAVE, which always saves them), nor anything that needs XSAVE state:
+/// Leaf 1 ECX: XSAVE, OSXSAVE, and FMA, AVX, F16C (VEX, SDM vol. 1, 14.3). Leaf 7 EBX:
+/// AVX2 and the AVX-512 family; ECX: AVX512_VBMI/VBMI2/VNNI/BITALG/VPOPCNTDQ, VAES,
+/// VPCLMULQDQ; EDX: AVX512_4VNNIW/4FMAPS/VP2INTERSECT/FP16 and AMX. Leaf 7.1 EAX:
+/// AVX_VNNI, AVX512_BF16. Leaf 0x8000_0001 ECX: XOP, FMA4. Leaf 0xD: none.
+const LEAF1_ECX_XSAVE: u32 = (1 << 26) | (1 << 27) | (1 << 12) | (1 << 28) | (1 << 29);
+const LEAF7_EBX_AVX: u32 = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (0x7 << 26) | (0x3 << 30);
+const LEAF7_ECX_AVX: u32 = (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14);
+const LEAF7_EDX_AVX: u32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 22) | (1 << 23) | (1 << 24) | (1 << 25);
+const LEAF7_1_EAX_AVX: u32 = (1 << 4) | (1 << 5);
+const LEAF81_ECX_AVX: u32 = (1 << 11) | (1 << 16);
+const XSAVE_LEAF: u32 = 0xd;
+
 /// Feature bits are limited to what KVM can run: the VMM's policy starts from the host's
 /// CPUID, and on a Mac HVF runs every host feature, but KVM (here possibly nested, on an
 /// emulated CPU) may not, and a feature shown but not virtualized faults in the guest.
-fn limit_to_kvm(kvm: &kvm_cpuid_entry2, [eax, ebx, ecx, edx]: [u32; 4]) -> [u32; 4] {
-    match (kvm.function, kvm.index) {
+/// Where KVM does not see the guest's XSETBV (`xsetbv_probe`), no XSAVE is offered.
+fn limit_to_kvm(kvm: &kvm_cpuid_entry2, [eax, ebx, ecx, edx]: [u32; 4], xcr0_tracked: bool) -> [u32; 4] {
+    let [eax, ebx, ecx, edx] = match (kvm.function, kvm.index) {
         (1, _) => [eax, ebx, ecx & (kvm.ecx | LEAF1_ECX_EMULATED), edx & (kvm.edx | LEAF1_EDX_EMULATED)],
         (7, 0) => [eax, ebx & kvm.ebx, ecx & kvm.ecx, edx & kvm.edx],
         (0x8000_0001, _) => [eax, ebx, ecx & kvm.ecx, edx & kvm.edx],
+        _ => [eax, ebx, ecx, edx],
+    };
+    if xcr0_tracked {
+        return [eax, ebx, ecx, edx];
+    }
+    match (kvm.function, kvm.index) {
+        (1, _) => [eax, ebx, ecx & !LEAF1_ECX_XSAVE, edx],
+        (7, 0) => [eax, ebx & !LEAF7_EBX_AVX, ecx & !LEAF7_ECX_AVX, edx & !LEAF7_EDX_AVX],
+        (7, 1) => [eax & !LEAF7_1_EAX_AVX, ebx, ecx, edx],
+        (0x8000_0001, _) => [eax, ebx, ecx & !LEAF81_ECX_AVX, edx],
         _ => [eax, ebx, ecx, edx],
     }
 }
 
 /// The table `policy` describes, for the leaves KVM reports plus the hypervisor leaves
 /// (0x40000000 and up to the maximum its EAX names).
-pub fn build(kvm_entries: &[kvm_cpuid_entry2], policy: &dyn Fn(u32, u32) -> [u32; 4]) -> Vec<kvm_cpuid_entry2> {
+pub fn build(kvm_entries: &[kvm_cpuid_entry2], policy: &dyn Fn(u32, u32) -> [u32; 4], xcr0_tracked: bool) -> Vec<kvm_cpuid_entry2> {
     let mut out: Vec<kvm_cpuid_entry2> = kvm_entries
         .iter()
         .filter(|e| e.function & 0xffff_ff00 != HYPERVISOR_BASE)
+        // Without XSAVE the leaf goes: KVM would write its own size into a 0xD entry.
+        .filter(|e| xcr0_tracked || e.function != XSAVE_LEAF)
         .map(|e| {
-            let [eax, ebx, ecx, edx] = limit_to_kvm(e, policy(e.function, e.index));
+            let [eax, ebx, ecx, edx] = limit_to_kvm(e, policy(e.function, e.index), xcr0_tracked);
             kvm_cpuid_entry2 { eax, ebx, ecx, edx, ..*e }
         })
         .collect();
@@ -138,7 +167,7 @@ pub fn set(vm: &Vm, st: &mut VcpuState, policy: &dyn Fn(u32, u32) -> [u32; 4]) -
         Ok(c) => c,
         Err(code) => return code,
     };
-    let entries = build(kvm.as_slice(), policy);
+    let entries = build(kvm.as_slice(), policy, super::xsetbv_probe::kvm_tracks_guest_xcr0());
     let needed = controls_needed(&entries);
     if let Err(message) = check_gated(needed, st.controls().effective_proc2()) {
         log::error!("hvf-sys/linux: CPUID table refused: {message}");
@@ -174,7 +203,7 @@ mod tests {
             HYPERVISOR_BASE => [0x4000_0002, 1, 2, 3],
             _ => [leaf, sub, 0xaa, 0xbb],
         };
-        let table = build(&kvm, &policy);
+        let table = build(&kvm, &policy, true);
         assert_eq!(table.len(), 5);
         assert_eq!((table[1].function, table[1].eax, table[1].ecx, table[1].flags), (7, 7, 0xaa, 1));
         assert_eq!(table[2].function, HYPERVISOR_BASE);
@@ -192,7 +221,7 @@ mod tests {
             1 => [0, 0, 0x8120_0003, 0x203],
             _ => [0, 0xff, 0xff, 0xff],
         };
-        let table = build(&kvm, &policy);
+        let table = build(&kvm, &policy, true);
         assert_eq!((table[0].ecx, table[0].edx), (0x8120_0001, 0x201));
         assert_eq!((table[1].ebx, table[1].ecx, table[1].edx), (0x8, 0, 0));
     }
@@ -209,5 +238,25 @@ mod tests {
         assert!(err.contains("XSAVES/XRSTORS") && err.contains("enable XSAVES/XRSTORS"), "{err}");
         assert!(check_gated(needed, needed).is_ok());
         assert!(check_gated(0, 0).is_ok(), "nothing shown, nothing needed");
+    }
+
+    #[test]
+    fn without_xcr0_tracking_no_xsave_is_offered() {
+        let kvm = [
+            kvm_cpuid_entry2 { function: 1, ecx: u32::MAX, edx: u32::MAX, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0xd, index: 0, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0xd, index: 2, ..Default::default() },
+        ];
+        let policy = |leaf: u32, sub: u32| match (leaf, sub) {
+            (1, _) => [0, 0, (1 << 28) | (1 << 26) | 1, 0],
+            (0xd, 0) => [0x7, 832, 832, 0],
+            (0xd, 2) => [256, 576, 0, 0],
+            _ => [0; 4],
+        };
+        let table = build(&kvm, &policy, false);
+        assert_eq!(table.len(), 1, "leaf 0xD gone");
+        assert_eq!(table[0].ecx, 1, "SSE3 stays, XSAVE and AVX go");
+        let tracked = build(&kvm, &policy, true);
+        assert_eq!((tracked[0].ecx, tracked[1].eax, tracked[2].eax), ((1 << 28) | (1 << 26) | 1, 0x7, 256));
     }
 }
