@@ -60,6 +60,8 @@ bitflags! {
         const RDSEED = 1 << 16;
         const EPT_VE = 1 << 18;
         const XSAVES = 1 << 20;
+        /// TPAUSE, UMONITOR, UMWAIT (WAITPKG): #UD when 0.
+        const USER_WAIT_PAUSE = 1 << 26;
     }
 
     /// VM-entry controls (SDM 25.8.1).

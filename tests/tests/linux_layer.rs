@@ -7,7 +7,7 @@
 //! test holds VM_LOCK and tears its VM down (vCPU on its own thread first).
 #![cfg(target_os = "linux")]
 
-use hvf_sys::linux::{hv_linux_set_kick_mode, hv_linux_vcpu_set_cpuid, KickMode};
+use hvf_sys::linux::{hv_linux_kvm_tracks_guest_xcr0, hv_linux_set_kick_mode, hv_linux_vcpu_set_cpuid, KickMode};
 use hvf_sys::vmcs::*;
 use hvf_sys::vmx::*;
 use hvf_sys::*;
@@ -506,6 +506,8 @@ fn invalid_guest_state_fails_the_entry() {
     // An external interrupt with IF=0.
     g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x20) as u64);
     assert_eq!(g.run(), failed);
+    // Every VM exit clears the entry field's valid bit (SDM 25.8.3), a failed entry's too.
+    assert_eq!(g.r(VMCS_CTRL_VMENTRY_IRQ_INFO), (IRQ_INFO_EXT_IRQ | 0x20) as u64);
     g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, 0);
     assert_eq!(g.run(), VMX_REASON_HLT);
 }
@@ -518,11 +520,92 @@ fn invalid_controls_are_refused() {
     assert_eq!(unsafe { hv_vcpu_run(g.vcpu) }, HV_ERROR);
     assert_eq!(g.r(VMCS_RO_INSTR_ERROR), VMX_INSTR_ERROR_INVALID_CONTROLS as u64);
     g.w(VMCS_CTRL_CPU_BASED, proc);
-    let proc2 = g.r(VMCS_CTRL_CPU_BASED2);
-    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::VMCS_SHADOW.bits() as u64);
-    assert_eq!(unsafe { hv_vcpu_run(g.vcpu) }, HV_ERROR);
-    g.w(VMCS_CTRL_CPU_BASED2, proc2);
     assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+/// What Hypervisor.framework refuses at VMWRITE, the layer refuses too: the guest PAT
+/// field, and a control value outside hv_vmx_vcpu_get_cap_write_vmcs's masks (a bit the
+/// CPU cannot set, a must-be-one bit left out). The field keeps its value.
+#[test]
+fn vmcs_writes_the_framework_refuses_are_refused() {
+    let g = Guest::new(&[0xf4]);
+    let write = |field, value| unsafe { hv_vmx_vcpu_write_vmcs(g.vcpu, field, value) };
+    assert_eq!(write(VMCS_GUEST_IA32_PAT, 0x0007_0406_0007_0406), HV_BAD_ARGUMENT);
+    let proc2 = g.r(VMCS_CTRL_CPU_BASED2);
+    assert_eq!(write(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::VMCS_SHADOW.bits() as u64), HV_BAD_ARGUMENT);
+    assert_eq!(g.r(VMCS_CTRL_CPU_BASED2), proc2);
+    let (mut must, mut may) = (0, 0);
+    unsafe { ok(hv_vmx_vcpu_get_cap_write_vmcs(g.vcpu, VMCS_CTRL_PIN_BASED, &mut must, &mut may), "get_cap_write_vmcs") };
+    assert_ne!(must, 0, "the pin-based controls have must-be-one bits");
+    assert_eq!(write(VMCS_CTRL_PIN_BASED, 0), HV_BAD_ARGUMENT);
+    assert_eq!(write(VMCS_CTRL_PIN_BASED, must | (PinBased::EXTINT | PinBased::NMI).bits() as u64), HV_SUCCESS);
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+/// A fresh VMCS holds the must-be-one control bits and the framework's own default
+/// (VPID), as HVF's does: a VMM that rebuilds the controls from zero loses them.
+#[test]
+fn a_fresh_vmcs_has_its_default_control_bits() {
+    let _lock = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    unsafe { ok(hv_vm_create(HV_VM_DEFAULT), "hv_vm_create") };
+    let mut vcpu = 0;
+    unsafe { ok(hv_vcpu_create(&mut vcpu, HV_VCPU_DEFAULT), "hv_vcpu_create") };
+    let read = |field| {
+        let mut v = 0;
+        unsafe { ok(hv_vmx_vcpu_read_vmcs(vcpu, field, &mut v), "read") };
+        v
+    };
+    let cap = |c| {
+        let mut v = 0;
+        unsafe { ok(hv_vmx_read_capability(c, &mut v), "cap") };
+        v
+    };
+    let fresh = [(VMCS_CTRL_PIN_BASED, read(VMCS_CTRL_PIN_BASED)), (VMCS_CTRL_CPU_BASED, read(VMCS_CTRL_CPU_BASED)),
+        (VMCS_CTRL_VMENTRY_CONTROLS, read(VMCS_CTRL_VMENTRY_CONTROLS)), (VMCS_CTRL_VMEXIT_CONTROLS, read(VMCS_CTRL_VMEXIT_CONTROLS))];
+    let proc2 = read(VMCS_CTRL_CPU_BASED2);
+    unsafe {
+        let _ = hv_vcpu_destroy(vcpu);
+        let _ = hv_vm_destroy();
+    }
+    for ((field, value), c) in fresh.into_iter().zip([HV_VMX_CAP_PINBASED, HV_VMX_CAP_PROCBASED, HV_VMX_CAP_ENTRY, HV_VMX_CAP_EXIT]) {
+        assert_eq!(value, cap(c) & 0xffff_ffff, "{}", vmcs_field_name(field).unwrap_or("?"));
+    }
+    assert_ne!(proc2 & ProcBased2::VPID.bits() as u64, 0, "VPID on in a fresh VMCS");
+}
+
+/// A CPUID table that shows an instruction whose VT-x control is off is refused (a Mac
+/// would give the guest #UD), and so is an entry after the control was turned off.
+/// KVM, left alone, would turn the control on from the CPUID.
+#[test]
+fn cpuid_showing_an_instruction_without_its_control_is_refused() {
+    let g = Guest::new(&[0xf4]);
+    // RDTSCP: CPUID.80000001H:EDX[27] (every x86-64 host KVM runs on has it).
+    let policy = |leaf: u32, _sub: u32| match leaf {
+        0x8000_0000 => [0x8000_0001, 0, 0, 0],
+        0x8000_0001 => [0, 0, 0, 1 << 27],
+        _ => [0; 4],
+    };
+    let proc2 = g.r(VMCS_CTRL_CPU_BASED2);
+    assert_eq!(proc2 & ProcBased2::RDTSCP.bits() as u64, 0);
+    assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_BAD_ARGUMENT);
+    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::RDTSCP.bits() as u64);
+    assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_SUCCESS);
+    g.w(VMCS_CTRL_CPU_BASED2, proc2);
+    assert_eq!(unsafe { hv_vcpu_run(g.vcpu) }, HV_ERROR, "entry with the control off");
+    g.w(VMCS_CTRL_CPU_BASED2, proc2 | ProcBased2::RDTSCP.bits() as u64);
+    assert_eq!(g.run(), VMX_REASON_HLT);
+}
+
+/// HVF ignores an XCR0 it does not like and still succeeds; so does the layer, so a VMM
+/// that does not read XCR0 back fails here as it would on a Mac.
+#[test]
+fn an_xcr0_write_the_cpu_refuses_is_ignored_silently() {
+    let g = Guest::new(&[0xf4]);
+    let before = g.reg(HV_X86_XCR0);
+    assert_eq!(before & 1, 1);
+    // XCR0 without x87 (bit 0) is invalid on every CPU (SDM vol. 1, 13.3).
+    assert_eq!(unsafe { hv_vcpu_write_register(g.vcpu, HV_X86_XCR0, 2) }, HV_SUCCESS);
+    assert_eq!(g.reg(HV_X86_XCR0), before);
 }
 
 #[test]
@@ -559,3 +642,40 @@ fn cpuid_hook_installs_the_policy() {
     assert_eq!(g.reg(HV_X86_RDX) as u32, 0x6f77_206f);
 }
 
+/// XSAVE is offered only where KVM follows the guest's XSETBV: a guest that enables AVX
+/// state here must find it enabled in KVM (which switches it at every entry); where KVM
+/// would not follow (nested under TCG) the CPUID table shows no XSAVE, so the guest
+/// keeps to FXSAVE, which KVM's XCR0 reloads cannot break.
+#[test]
+fn xsave_state_is_offered_only_where_kvm_follows_xsetbv() {
+    // mov eax, cr4; or eax, 1 << 18; mov cr4, eax; xor ecx, ecx; mov eax, 7; xor edx, edx;
+    // xsetbv; hlt; then: mov eax, 0xd; xor ecx, ecx; cpuid; hlt
+    let g = Guest::new(&[0x0f, 0x20, 0xe0, 0x66, 0x0d, 0x00, 0x00, 0x04, 0x00, 0x0f, 0x22, 0xe0, 0x66, 0x31, 0xc9,
+        0x66, 0xb8, 0x07, 0, 0, 0, 0x66, 0x31, 0xd2, 0x0f, 0x01, 0xd1, 0xf4,
+        0x66, 0xb8, 0x0d, 0, 0, 0, 0x66, 0x31, 0xc9, 0x0f, 0xa2, 0xf4]);
+    let host = std::arch::x86_64::__cpuid_count(0xd, 0);
+    if host.eax & 0b111 != 0b111 {
+        eprintln!("the host has no AVX state: nothing to check");
+        return;
+    }
+    let policy = |leaf: u32, sub: u32| match (leaf, sub) {
+        (0, _) => [0xd, 0, 0, 0],
+        (1, _) => [0, 0, 1 << 26, 0], // XSAVE
+        (0xd, 0) => [0b111, 576, 832, 0],
+        (0xd, 2) => [256, 576, 0, 0],
+        _ => [0; 4],
+    };
+    assert_eq!(hv_linux_vcpu_set_cpuid(g.vcpu, &policy), HV_SUCCESS);
+    let tracked = hv_linux_kvm_tracks_guest_xcr0();
+    if tracked {
+        assert_eq!(g.run(), VMX_REASON_HLT);
+        assert_eq!(g.reg(HV_X86_XCR0), 0b111, "KVM followed the guest's XSETBV");
+        g.skip();
+        assert_eq!(g.run(), VMX_REASON_HLT);
+        assert_eq!(g.reg(HV_X86_RAX) as u32 & 0b111, 0b111, "AVX state offered");
+    } else {
+        g.w(VMCS_GUEST_RIP, 0x101c); // straight to the CPUID
+        assert_eq!(g.run(), VMX_REASON_HLT);
+        assert_eq!([g.reg(HV_X86_RAX), g.reg(HV_X86_RBX), g.reg(HV_X86_RCX)].map(|r| r as u32), [0; 3], "no XSAVE leaf");
+    }
+}

@@ -13,6 +13,7 @@ mod bits {
     pub const ECX1_DCA: u32 = 1 << 18;
     pub const ECX1_X2APIC: u32 = 1 << 21;
     pub const ECX1_TSC_DEADLINE: u32 = 1 << 24;
+    pub const ECX1_XSAVE: u32 = 1 << 26;
     pub const ECX1_OSXSAVE: u32 = 1 << 27;
     pub const ECX1_HYPERVISOR: u32 = 1 << 31;
     pub const EDX1_APIC: u32 = 1 << 9;
@@ -28,8 +29,44 @@ mod bits {
     /// (IBRS/STIBP 26-27, L1D_FLUSH 28, ARCH_CAPABILITIES 29, CORE_CAPABILITIES 30,
     /// SSBD 31) whose MSRs hvrun does not emulate.
     pub const EDX7_HIDDEN: u32 = (1 << 15) | (1 << 18) | (1 << 19) | (0x3f << 26);
+    /// Leaf 7.0 EBX: INVPCID, which raises #UD unless "enable INVPCID" is on (SDM 25.6.2).
+    pub const EBX7_INVPCID: u32 = 1 << 10;
+    /// Leaf 7.0 ECX: RDPID, gated like RDTSCP by "enable RDTSCP".
+    pub const ECX7_RDPID: u32 = 1 << 22;
     /// Leaf 0x8000_0001 ECX: SVM 2.
     pub const ECX81_SVM: u32 = 1 << 2;
+    /// Leaf 0x8000_0001 EDX: RDTSCP 27.
+    pub const EDX81_RDTSCP: u32 = 1 << 27;
+    /// Leaf 0xD.1 EAX: XSAVEOPT 0, XSAVEC 1, XGETBV with ECX=1 2 are shown as the host
+    /// has them; XSAVES 3 (gated by "enable XSAVES/XRSTORS", which hvrun leaves off) and
+    /// XFD 4 (its MSRs are not emulated) are not.
+    pub const EAXD1_SHOWN: u32 = 0b111;
+    pub const EAXD1_XSAVEC: u32 = 1 << 1;
+}
+
+/// CR4.OSXSAVE (SDM vol. 3, 2.5): CPUID.1:ECX.OSXSAVE mirrors it.
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// The legacy region (512 bytes) and the XSAVE header (64) that every XSAVE area starts
+/// with (SDM vol. 1, 13.4).
+const XSAVE_LEGACY_AND_HEADER: u32 = 576;
+
+/// The XSAVE components (bits of XCR0) a guest may enable, when the host has them: x87,
+/// SSE, AVX, and AVX-512's three. Not MPX (3-4: deprecated, xhyve hides it too), nor
+/// PKRU (9: PKU is hidden), nor AMX (its permission system is not emulated).
+const XCR0_OFFERED: u64 = 0xe7;
+
+/// The guest state CPUID answers depend on (SDM vol. 2, CPUID): CR4.OSXSAVE shows in
+/// leaf 1, and leaf 0xD's sizes follow the guest's XCR0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestView {
+    pub cr4: u64,
+    pub xcr0: u64,
+}
+
+impl GuestView {
+    /// At reset: CR4 clear, XCR0 = x87 only.
+    pub const RESET: GuestView = GuestView { cr4: 0, xcr0: 1 };
 }
 
 /// The leaves and values a guest sees.
@@ -46,6 +83,10 @@ pub struct CpuidPolicy {
     /// MAXPHYADDR (leaf 0x8000_0008 EAX[7:0]), read once: the emulator needs it at every
     /// MMIO exit, and CPUID is not cheap on every host.
     pub phys_addr_bits: u8,
+    /// Whether the VT-x controls let the guest run RDTSCP/RDPID and INVPCID: without them
+    /// those instructions raise #UD, so CPUID must not show them (`with_controls`).
+    pub rdtscp: bool,
+    pub invpcid: bool,
 }
 
 /// The hypervisor leaves' vendor signature (0x4000_0000): "hvrunhvrunhv".
@@ -65,7 +106,12 @@ const KVM_SIGNATURE: [u32; 3] = [
 impl CpuidPolicy {
     pub fn new(vcpus: u32, lapic: bool) -> Self {
         let phys_addr_bits = host_cpuid(0x8000_0008, 0)[0] as u8;
-        CpuidPolicy { vcpus, lapic, kvmclock: false, tsc_hz: 0, phys_addr_bits }
+        CpuidPolicy { vcpus, lapic, kvmclock: false, tsc_hz: 0, phys_addr_bits, rdtscp: false, invpcid: false }
+    }
+
+    /// Shows RDTSCP/RDPID and INVPCID only if the controls enable them.
+    pub fn with_controls(self, controls: &crate::controls::Controls) -> Self {
+        CpuidPolicy { rdtscp: controls.rdtscp(), invpcid: controls.invpcid(), ..self }
     }
 
     /// Offers kvmclock: the hypervisor leaves say "KVMKVMKVM" with only the clock
@@ -74,11 +120,14 @@ impl CpuidPolicy {
         CpuidPolicy { kvmclock: true, tsc_hz, ..self }
     }
 
-    /// EAX, EBX, ECX, EDX of `leaf`.`subleaf` on vCPU `index`.
-    pub fn leaf(&self, index: u32, leaf: u32, subleaf: u32) -> [u32; 4] {
+    /// EAX, EBX, ECX, EDX of `leaf`.`subleaf` on vCPU `index`, whose state is `guest`.
+    pub fn leaf(&self, index: u32, leaf: u32, subleaf: u32, guest: &GuestView) -> [u32; 4] {
         use bits::*;
         if (0x4000_0000..0x4000_0100).contains(&leaf) {
             return self.hypervisor_leaf(leaf);
+        }
+        if leaf == 0xd {
+            return self.xsave_leaf(subleaf, guest.xcr0);
         }
         let [mut a, mut b, mut c, mut d] = host_cpuid(leaf, subleaf);
         match leaf {
@@ -93,6 +142,9 @@ impl CpuidPolicy {
                     d &= !EDX1_APIC;
                 }
                 c |= ECX1_HYPERVISOR;
+                if c & ECX1_XSAVE != 0 && guest.cr4 & CR4_OSXSAVE != 0 {
+                    c |= ECX1_OSXSAVE;
+                }
                 d &= !(EDX1_ACPI | EDX1_TM | EDX1_PBE);
                 d |= EDX1_HTT;
                 // EBX: initial APIC ID 31:24, logical processors 23:16, CLFLUSH size kept.
@@ -106,6 +158,12 @@ impl CpuidPolicy {
                 b &= !EBX7_HIDDEN;
                 c &= !ECX7_HIDDEN;
                 d &= !EDX7_HIDDEN;
+                if !self.invpcid {
+                    b &= !EBX7_INVPCID;
+                }
+                if !self.rdtscp {
+                    c &= !ECX7_RDPID;
+                }
             }
             // x2APIC topology: one thread per core, `vcpus` cores.
             0xb => {
@@ -115,7 +173,12 @@ impl CpuidPolicy {
                     _ => [0, 0, subleaf, index],
                 };
             }
-            0x8000_0001 => c &= !ECX81_SVM,
+            0x8000_0001 => {
+                c &= !ECX81_SVM;
+                if !self.rdtscp {
+                    d &= !EDX81_RDTSCP;
+                }
+            }
             _ => {}
         }
         [a, b, c, d]
@@ -140,12 +203,52 @@ impl CpuidPolicy {
         }
     }
 
-    /// XCR0 bits a guest may enable: those the host reports in leaf 0xD.
+    /// XCR0 bits a guest may enable: those offered that the host reports in leaf 0xD.
     pub fn xcr0_supported(&self) -> u64 {
         let [a, _, _, d] = host_cpuid(0xd, 0);
-        // x87, SSE, AVX and AVX-512 state; not MPX (3-4) nor supervisor components.
-        (u64::from(d) << 32 | u64::from(a)) & 0xe7
+        (u64::from(d) << 32 | u64::from(a)) & XCR0_OFFERED
     }
+
+    /// Leaf 0xD, computed for the components hvrun offers rather than passed through:
+    /// the host's sizes follow hvrun's own XCR0, and its component list may hold ones the
+    /// guest cannot enable (SDM vol. 1, 13.2). Sub-leaf 0: the components and the sizes
+    /// of a standard-format area for the guest's XCR0 and for all of them; sub-leaf 1:
+    /// the XSAVE variants and the compacted size; sub-leaf i: component i's size, offset
+    /// and alignment, as the host has them, for offered components only.
+    fn xsave_leaf(&self, subleaf: u32, xcr0: u64) -> [u32; 4] {
+        let supported = self.xcr0_supported();
+        match subleaf {
+            0 => [supported as u32, xsave_size(xcr0 & supported, false), xsave_size(supported, false), (supported >> 32) as u32],
+            1 => {
+                let eax = host_cpuid(0xd, 1)[0] & bits::EAXD1_SHOWN;
+                // No supervisor components (ECX/EDX: none, XSAVES is hidden).
+                let compacted = if eax & bits::EAXD1_XSAVEC != 0 { xsave_size(xcr0 & supported, true) } else { 0 };
+                [eax, compacted, 0, 0]
+            }
+            2..=63 if supported & (1 << subleaf) != 0 => host_cpuid(0xd, subleaf),
+            _ => [0; 4],
+        }
+    }
+}
+
+/// The size of an XSAVE area holding the components in `mask` (SDM vol. 1, 13.4.3): the
+/// standard format places each at its fixed offset; the compacted one packs them in
+/// order, 64-byte aligned where the component asks (sub-leaf ECX bit 1).
+fn xsave_size(mask: u64, compacted: bool) -> u32 {
+    let mut size = XSAVE_LEGACY_AND_HEADER;
+    for i in 2..64u32 {
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        let [len, offset, flags, _] = host_cpuid(0xd, i);
+        size = if compacted {
+            let start = if flags & 2 != 0 { size.next_multiple_of(64) } else { size };
+            start + len
+        } else {
+            size.max(offset + len)
+        };
+    }
+    size
 }
 
 fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
@@ -160,21 +263,21 @@ mod tests {
     #[test]
     fn hides_vmx_and_shows_a_hypervisor() {
         let p = CpuidPolicy::new(2, false);
-        let [_, b, c, d] = p.leaf(1, 1, 0);
+        let [_, b, c, d] = p.leaf(1, 1, 0, &GuestView::RESET);
         assert_eq!(c & bits::ECX1_VMX, 0);
         assert_eq!(c & bits::ECX1_MONITOR, 0);
         assert_ne!(c & bits::ECX1_HYPERVISOR, 0);
         assert_eq!(d & bits::EDX1_APIC, 0, "no LAPIC in this machine");
         assert_eq!(b >> 24, 1, "APIC ID is the vCPU index");
         assert_eq!((b >> 16) & 0xff, 2);
-        assert_eq!(p.leaf(0, 0x4000_0000, 0), [0x4000_0000, 0x7572_7668, 0x7276_686e, 0x7668_6e75]);
-        assert_eq!(p.leaf(0, 0xa, 0), [0; 4], "no PMU");
-        assert_eq!(p.leaf(0, 0x8000_0001, 0)[2] & bits::ECX81_SVM, 0);
+        assert_eq!(p.leaf(0, 0x4000_0000, 0, &GuestView::RESET), [0x4000_0000, 0x7572_7668, 0x7276_686e, 0x7668_6e75]);
+        assert_eq!(p.leaf(0, 0xa, 0, &GuestView::RESET), [0; 4], "no PMU");
+        assert_eq!(p.leaf(0, 0x8000_0001, 0, &GuestView::RESET)[2] & bits::ECX81_SVM, 0);
     }
 
     #[test]
     fn a_machine_with_a_lapic_shows_it_with_x2apic_and_tsc_deadline() {
-        let [_, _, c, d] = CpuidPolicy::new(1, true).leaf(0, 1, 0);
+        let [_, _, c, d] = CpuidPolicy::new(1, true).leaf(0, 1, 0, &GuestView::RESET);
         assert_ne!(d & bits::EDX1_APIC, 0);
         assert_eq!(c & (bits::ECX1_X2APIC | bits::ECX1_TSC_DEADLINE), bits::ECX1_X2APIC | bits::ECX1_TSC_DEADLINE);
     }
@@ -182,11 +285,68 @@ mod tests {
     #[test]
     fn kvmclock_leaves() {
         let p = CpuidPolicy::new(1, true).with_kvmclock(2_500_000_000);
-        let [max, b, c, d] = p.leaf(0, 0x4000_0000, 0);
+        let [max, b, c, d] = p.leaf(0, 0x4000_0000, 0, &GuestView::RESET);
         assert_eq!(max, 0x4000_0010);
         let sig: Vec<u8> = [b, c, d].iter().flat_map(|r| r.to_le_bytes()).collect();
         assert_eq!(&sig, b"KVMKVMKVM\0\0\0");
-        assert_eq!(p.leaf(0, 0x4000_0001, 0), [(1 << 3) | (1 << 24), 0, 0, 0]);
-        assert_eq!(p.leaf(0, 0x4000_0010, 0)[..2], [2_500_000, 1_000_000]);
+        assert_eq!(p.leaf(0, 0x4000_0001, 0, &GuestView::RESET), [(1 << 3) | (1 << 24), 0, 0, 0]);
+        assert_eq!(p.leaf(0, 0x4000_0010, 0, &GuestView::RESET)[..2], [2_500_000, 1_000_000]);
+    }
+
+    #[test]
+    fn osxsave_follows_the_guests_cr4() {
+        let p = CpuidPolicy::new(1, true);
+        let host_xsave = host_cpuid(1, 0)[2] & bits::ECX1_XSAVE != 0;
+        assert_eq!(p.leaf(0, 1, 0, &GuestView::RESET)[2] & bits::ECX1_OSXSAVE, 0);
+        let on = GuestView { cr4: CR4_OSXSAVE, xcr0: 1 };
+        assert_eq!(p.leaf(0, 1, 0, &on)[2] & bits::ECX1_OSXSAVE != 0, host_xsave);
+    }
+
+    #[test]
+    fn instructions_without_their_control_are_hidden() {
+        let p = CpuidPolicy::new(1, true);
+        assert_eq!(p.leaf(0, 7, 0, &GuestView::RESET)[1] & bits::EBX7_INVPCID, 0);
+        assert_eq!(p.leaf(0, 7, 0, &GuestView::RESET)[2] & bits::ECX7_RDPID, 0);
+        assert_eq!(p.leaf(0, 0x8000_0001, 0, &GuestView::RESET)[3] & bits::EDX81_RDTSCP, 0);
+        assert_eq!(p.leaf(0, 0xd, 1, &GuestView::RESET)[0] & !bits::EAXD1_SHOWN, 0, "no XSAVES, no XFD");
+        let shown = CpuidPolicy { rdtscp: true, invpcid: true, ..p };
+        let host7 = host_cpuid(7, 0);
+        assert_eq!(shown.leaf(0, 7, 0, &GuestView::RESET)[1] & bits::EBX7_INVPCID, host7[1] & bits::EBX7_INVPCID);
+        assert_eq!(shown.leaf(0, 0x8000_0001, 0, &GuestView::RESET)[3] & bits::EDX81_RDTSCP,
+            host_cpuid(0x8000_0001, 0)[3] & bits::EDX81_RDTSCP);
+    }
+
+    #[test]
+    fn xsave_leaf_sizes_follow_the_guests_xcr0() {
+        let p = CpuidPolicy::new(1, true);
+        let supported = p.xcr0_supported();
+        let [a, b, c, d] = p.leaf(0, 0xd, 0, &GuestView::RESET);
+        assert_eq!(u64::from(d) << 32 | u64::from(a), supported);
+        assert_eq!(b, XSAVE_LEGACY_AND_HEADER, "x87 only: legacy region and header");
+        assert!(c >= b);
+        let all = p.leaf(0, 0xd, 0, &GuestView { cr4: CR4_OSXSAVE, xcr0: supported });
+        assert_eq!(all[1], all[2], "every offered component enabled: the maximum size");
+        // Components not offered have empty sub-leaves: MPX (3, 4) and PKRU (9) among them.
+        for i in [3, 4, 9, 17, 18] {
+            assert_eq!(p.leaf(0, 0xd, i, &GuestView::RESET), [0; 4], "sub-leaf {i}");
+        }
+        assert_eq!(p.leaf(0, 0xd, 1, &GuestView::RESET)[2..], [0, 0], "no supervisor components");
+    }
+
+    #[test]
+    fn xsave_sizes_of_standard_and_compacted_areas() {
+        // Whatever the host has: the standard size covers each offered component's end,
+        // the compacted one is never larger.
+        let supported = CpuidPolicy::new(1, true).xcr0_supported();
+        let standard = xsave_size(supported, false);
+        for i in 2..64 {
+            if supported & (1 << i) != 0 {
+                let [len, offset, ..] = host_cpuid(0xd, i);
+                assert!(standard >= offset + len);
+            }
+        }
+        assert!(xsave_size(supported, true) <= standard);
+        assert_eq!(xsave_size(1, false), 576);
+        assert_eq!(xsave_size(3, true), 576);
     }
 }

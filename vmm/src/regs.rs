@@ -12,6 +12,11 @@ pub trait VcpuRegs {
     fn write_reg(&mut self, reg: hv_x86_reg_t, value: u64) -> Result<(), HvError>;
     fn read_vmcs(&self, field: u32) -> Result<u64, HvError>;
     fn write_vmcs(&mut self, field: u32, value: u64) -> Result<(), HvError>;
+    /// The bits of `field` a write must set and may set (allowed-0, allowed-1).
+    fn vmcs_write_masks(&self, field: u32) -> Result<(u64, u64), HvError>;
+    /// Drops the guest's cached translations (after an emulated CR0/CR4 write: the
+    /// hardware would have flushed them, the framework does not know it happened).
+    fn invalidate_tlb(&mut self) -> Result<(), HvError>;
 }
 
 /// A vCPU of the framework, used from the thread that created it.
@@ -43,6 +48,18 @@ impl VcpuRegs for HvVcpu {
         // SAFETY: plain values.
         HvError::check(unsafe { hv_vmx_vcpu_write_vmcs(self.id, field, value) })
     }
+
+    fn vmcs_write_masks(&self, field: u32) -> Result<(u64, u64), HvError> {
+        let (mut must, mut may) = (0, 0);
+        // SAFETY: both outlive the call; the framework writes one u64 to each.
+        HvError::check(unsafe { hv_vmx_vcpu_get_cap_write_vmcs(self.id, field, &mut must, &mut may) })?;
+        Ok((must, may))
+    }
+
+    fn invalidate_tlb(&mut self) -> Result<(), HvError> {
+        // SAFETY: plain value, on the owning thread.
+        HvError::check(unsafe { hv_vcpu_invalidate_tlb(self.id) })
+    }
 }
 
 /// Registers and VMCS fields as they were at one exit. Reading anything that was not
@@ -52,6 +69,10 @@ impl VcpuRegs for HvVcpu {
 pub struct RecordedExit {
     pub regs: BTreeMap<hv_x86_reg_t, u64>,
     pub vmcs: BTreeMap<u32, u64>,
+    /// Write masks per field; a field without one may be written freely.
+    pub masks: BTreeMap<u32, (u64, u64)>,
+    /// How many times the handler asked for a TLB invalidation.
+    pub tlb_invalidations: u32,
 }
 
 impl RecordedExit {
@@ -86,6 +107,15 @@ impl VcpuRegs for RecordedExit {
 
     fn write_vmcs(&mut self, field: u32, value: u64) -> Result<(), HvError> {
         self.vmcs.insert(field, value);
+        Ok(())
+    }
+
+    fn vmcs_write_masks(&self, field: u32) -> Result<(u64, u64), HvError> {
+        Ok(self.masks.get(&field).copied().unwrap_or((0, u64::MAX)))
+    }
+
+    fn invalidate_tlb(&mut self) -> Result<(), HvError> {
+        self.tlb_invalidations += 1;
         Ok(())
     }
 }

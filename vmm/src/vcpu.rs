@@ -49,7 +49,7 @@ pub fn run(machine: &Machine, controls: &Controls, config: VcpuConfig) {
     }
     let mut vcpu = HvVcpu { id };
     config.waker.set_vcpu(id);
-    let outcome = setup(&mut vcpu, machine, controls, &config).and_then(|()| run_loop(&mut vcpu, machine, controls, &config));
+    let outcome = setup(&mut vcpu, machine, controls, &config).and_then(|written| run_loop(&mut vcpu, machine, &written, &config));
     if let Err(e) = outcome {
         machine.stopper.stop(fatal(format!("vCPU {}: {e}", config.index), exit::fault::dump(&vcpu)));
     }
@@ -61,11 +61,12 @@ fn fatal(message: String, dump: String) -> StopReason {
     StopReason::Fatal { message, dump }
 }
 
-/// Controls, the entry state, native MSRs and (on Linux) the CPUID table.
-fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<(), HvError> {
-    controls.write(vcpu)?;
+/// Controls, the entry state, native MSRs and (on Linux) the CPUID table. Returns the
+/// controls as written (with the fresh VMCS's don't-care bits).
+fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<Controls, HvError> {
+    let written = controls.write(vcpu)?;
     vcpu.write_vmcs(VMCS_CTRL_TSC_OFFSET, machine.clock.tsc_offset)?;
-    config.entry.write(vcpu, controls)?;
+    config.entry.write(vcpu, &written)?;
     for &msr in crate::msr::NATIVE_MSRS {
         // SAFETY: plain values, on the owning thread.
         HvError::check(unsafe { hv_vcpu_enable_native_msr(vcpu.id, msr, true) })?;
@@ -74,10 +75,12 @@ fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &Vcp
     // that answers CPUID exits on a Mac.
     #[cfg(target_os = "linux")]
     HvError::check(hvf_sys::linux::hv_linux_vcpu_set_cpuid(vcpu.id, &|leaf, subleaf| {
-        machine.cpuid.leaf(config.index, leaf, subleaf)
+        // KVM itself keeps OSXSAVE and leaf 0xD's sizes in step with the guest's CR4
+        // and XCR0 afterwards, as hvrun's CPUID exit handler does on a Mac.
+        machine.cpuid.leaf(config.index, leaf, subleaf, &crate::cpuid::GuestView::RESET)
     }))?;
     let _ = machine;
-    Ok(())
+    Ok(written)
 }
 
 fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<(), HvError> {

@@ -61,6 +61,7 @@ impl Vm {
         let vm = |ram| -> Result<Vm, VmError> {
             let caps = Capabilities::read().map_err(|e| VmError::Hv("hv_vmx_read_capability", e))?;
             let controls = Controls::from_capabilities(&caps).map_err(VmError::Controls)?;
+            let cpuid = cpuid.with_controls(&controls);
             let machine = Machine { ram, pio: Bus::new(), mmio: Bus::new(), cpuid, clock, stopper, stats: Mutex::default() };
             machine.ram.map_into_vm().map_err(VmError::Memory)?;
             Ok(Vm { machine: Arc::new(machine), controls, threads: Vec::new() })

@@ -327,24 +327,22 @@ pub unsafe extern "C" fn hv_vmx_vcpu_set_shadow_access(_id: hv_vcpuid_t, _field:
 }
 
 /// Allowed-0/allowed-1 bits of the control fields and CR0/CR4 from the capability table;
-/// other fields may be written freely.
+/// other fields may be written freely. A control write outside its masks is refused
+/// (`vmcs_store.rs`).
 pub unsafe extern "C" fn hv_vmx_vcpu_get_cap_write_vmcs(id: hv_vcpuid_t, field: u32, allowed_0: *mut u64,
     allowed_1: *mut u64) -> hv_return_t {
     if allowed_0.is_null() || allowed_1.is_null() {
         return HV_BAD_ARGUMENT;
     }
     with_vcpu(id, |_, _, _| {
-        let split = |cap: u64| (cap & 0xffff_ffff, cap >> 32);
         let (zero, one) = match field {
-            VMCS_CTRL_PIN_BASED => split(caps::PINBASED),
-            VMCS_CTRL_CPU_BASED => split(caps::PROCBASED),
-            VMCS_CTRL_CPU_BASED2 => split(caps::PROCBASED2),
-            VMCS_CTRL_VMENTRY_CONTROLS => split(caps::ENTRY),
-            VMCS_CTRL_VMEXIT_CONTROLS => split(caps::EXIT),
             VMCS_GUEST_CR0 => (caps::CR0_FIXED0, caps::CR0_FIXED1),
             VMCS_GUEST_CR4 => (caps::CR4_FIXED0, caps::CR4_FIXED1),
-            _ if vmcs_field_name(field).is_some() => (0, u64::MAX),
-            _ => return HV_BAD_ARGUMENT,
+            _ => match caps::control_write_masks(field) {
+                Some(masks) => masks,
+                None if vmcs_field_name(field).is_some() => (0, u64::MAX),
+                None => return HV_BAD_ARGUMENT,
+            },
         };
         unsafe {
             put(allowed_0, zero);

@@ -7,6 +7,8 @@
 //! Skylake-era CPUs. Format of the control capabilities (SDM vol. 3, appendix A.3-A.5):
 //! must-be-one bits in the low 32 bits, may-be-one bits in the high 32 bits.
 use crate::types::*;
+use crate::vmcs::*;
+use crate::vmx::ProcBased2;
 
 /// IA32_VMX_PINBASED_CTLS (A.3.1): EXTINT, NMI, VIRTUAL_NMI allowed; the VMM may not set
 /// the preemption timer itself (bit 6 is 0 in the allowed-1 half: the layer does not
@@ -41,6 +43,27 @@ pub const VMCS_ENUM: u64 = 0x2e;
 /// IA32_VMX_EPT_VPID_CAP (A.10): execute-only, 4-level walk, UC/WB, 2M/1G pages,
 /// INVEPT (single/all context), INVVPID (all types).
 pub const EPT_VPID_CAP: u64 = 0x0000_0f01_0633_4141;
+
+/// The control bits a fresh VMCS of this layer holds beyond the must-be-one ones, as a
+/// framework's may: "enable VPID" (HVF tags its guests' TLB entries). They are "don't
+/// care" bits to a VMM, which must keep them (xhyve PR #211) rather than rebuild the
+/// field from zero; hvrun's tests check it does.
+pub const FRESH_PROCBASED2_EXTRA: u32 = ProcBased2::VPID.bits();
+
+/// What `hv_vmx_vcpu_get_cap_write_vmcs` reports for a control field: the bits a write
+/// must set (allowed-0) and may set (allowed-1), from the capabilities. `None`: not a
+/// control field (those have no mask).
+pub fn control_write_masks(field: u32) -> Option<(u64, u64)> {
+    let cap = match field {
+        VMCS_CTRL_PIN_BASED => PINBASED,
+        VMCS_CTRL_CPU_BASED => PROCBASED,
+        VMCS_CTRL_CPU_BASED2 => PROCBASED2,
+        VMCS_CTRL_VMENTRY_CONTROLS => ENTRY,
+        VMCS_CTRL_VMEXIT_CONTROLS => EXIT,
+        _ => return None,
+    };
+    Some((cap & 0xffff_ffff, cap >> 32))
+}
 
 /// The value `hv_vmx_read_capability` reports, or `None` where the layer has none.
 /// The TRUE_* capabilities equal the plain ones (BASIC bit 55 says they exist; a Mac's

@@ -29,6 +29,7 @@ mod segments;
 mod vcpu;
 mod vm;
 mod vmcs_store;
+mod xsetbv_probe;
 
 pub use kick::KickMode;
 
@@ -55,7 +56,13 @@ use crate::types::hv_vcpuid_t;
 /// thread after `hv_vcpu_create` and before the first run (KVM refuses a different
 /// table afterwards).
 pub fn hv_linux_vcpu_set_cpuid(vcpu: hv_vcpuid_t, policy: &dyn Fn(u32, u32) -> [u32; 4]) -> hv_return_t {
-    vcpu::with_vcpu(vcpu, |vm, _, st| cpuid::set(vm, &st.fd, policy))
+    vcpu::with_vcpu(vcpu, |vm, _, st| cpuid::set(vm, st, policy))
+}
+
+/// Whether KVM sees a guest's XSETBV here (not so nested under QEMU's TCG); where it does
+/// not, the layer's CPUID offers no XSAVE (`xsetbv_probe.rs`).
+pub fn hv_linux_kvm_tracks_guest_xcr0() -> bool {
+    xsetbv_probe::kvm_tracks_guest_xcr0()
 }
 
 /// The host TSC rate in kHz as KVM knows it (KVM_GET_TSC_KHZ on a throwaway vCPU), Linux

@@ -126,7 +126,12 @@ pub fn write(st: &mut VcpuState, reg: hv_x86_reg_t, value: u64) -> Result<(), hv
             xcrs.nr_xcrs = 1;
             xcrs.xcrs[0].xcr = 0;
             xcrs.xcrs[0].value = value;
-            st.fd.set_xcrs(&xcrs).map_err(|e| ioctl_failed("KVM_SET_XCRS", &e))
+            // HVF ignores an XCR0 it does not like and still returns success (orbstack's
+            // HVF code, for MPX); so does the layer: the VMM must read it back.
+            if let Err(e) = st.fd.set_xcrs(&xcrs) {
+                log::debug!("hvf-sys/linux: XCR0 {value:#x} ignored ({e}), as HVF would");
+            }
+            Ok(())
         }
         HV_X86_DR0..=HV_X86_DR4 | HV_X86_DR6 => {
             let mut dr = st.fd.get_debug_regs().map_err(|e| ioctl_failed("KVM_GET_DEBUGREGS", &e))?;

@@ -590,6 +590,10 @@ fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -
         st.set_field(VMCS_RO_INSTR_ERROR, VMX_INSTR_ERROR_INVALID_CONTROLS as u64);
         return HV_ERROR;
     }
+    if let Err(message) = super::cpuid::check_gated(st.cpuid_controls_needed, ctrls.effective_proc2()) {
+        log::error!("hvf-sys/linux: vCPU {}: VM entry refused: {message}", vcpu.id);
+        return HV_ERROR;
+    }
     if let Err(message) = entry_checks::check_guest_state(&st.guest_view(&ctrls)) {
         log::warn!("hvf-sys/linux: vCPU {}: VM entry fails on guest state: {message}", vcpu.id);
         // What the VMM wrote stays "written" so a retry is checked the same way.

@@ -65,6 +65,8 @@ pub struct VcpuState {
     pub tsc_khz: Option<u32>,
     /// hv_vcpu_run_until's deadline timer, made at the first deadline.
     deadline_timer: Option<super::kick::DeadlineTimer>,
+    /// Secondary controls the installed CPUID table needs (`cpuid::controls_needed`).
+    pub cpuid_controls_needed: u32,
 }
 
 /// KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xe1, struct kvm_device_attr) (linux/kvm.h); on a
@@ -180,6 +182,7 @@ pub fn create(vm: &Arc<Vm>, out: *mut hv_vcpuid_t, flags: hv_vcpu_options_t) -> 
         tsc_offset_applied: 0,
         tsc_khz,
         deadline_timer: None,
+        cpuid_controls_needed: 0,
     };
     let vcpu = Arc::new(Vcpu {
         id: id as hv_vcpuid_t,

@@ -18,6 +18,7 @@
 use super::entry_checks::{GuestView, CR0_NE, CR0_PE, CR4_VMXE, EFER_LMA};
 use super::errors::*;
 use super::segments::*;
+use super::caps;
 use super::controls::Controls;
 use super::vcpu::VcpuState;
 use crate::error::*;
@@ -49,12 +50,36 @@ fn msr_of_field(field: u32) -> Option<u32> {
     })
 }
 
-/// The stored fields of a fresh vCPU: all zero except the VMCS link pointer, which
-/// must be all ones (SDM 26.3.1.5) and which a fresh HVF VMCS has that way.
+/// The stored fields of a fresh vCPU: the control fields with their must-be-one bits and
+/// the framework's extra defaults (`caps::FRESH_PROCBASED2_EXTRA`), the VMCS link pointer
+/// all ones (SDM 26.3.1.5), as a fresh HVF VMCS has them; everything else zero.
 pub fn initial_fields() -> HashMap<u32, u64> {
     let mut fields = HashMap::new();
     fields.insert(VMCS_GUEST_LINK_POINTER, u64::MAX);
+    for field in [VMCS_CTRL_PIN_BASED, VMCS_CTRL_CPU_BASED, VMCS_CTRL_CPU_BASED2, VMCS_CTRL_VMENTRY_CONTROLS, VMCS_CTRL_VMEXIT_CONTROLS] {
+        if let Some((must, _)) = caps::control_write_masks(field) {
+            fields.insert(field, must);
+        }
+    }
+    *fields.entry(VMCS_CTRL_CPU_BASED2).or_default() |= caps::FRESH_PROCBASED2_EXTRA as u64;
     fields
+}
+
+/// Why the layer refuses a VMCS write that VMWRITE itself would take, as HVF does:
+/// `Some(reason)` for a refused write.
+pub fn refused_write(field: u32, value: u64) -> Option<String> {
+    if field == VMCS_GUEST_IA32_PAT {
+        // HVF keeps the guest's PAT itself: "macOS doesn't let us set VMCS_GUEST_IA32_PAT"
+        // (orbstack's HVF code). Which error it returns is not known; any is fatal to a
+        // VMM that checks.
+        return Some("VMCS_GUEST_IA32_PAT may not be written (Hypervisor.framework refuses it)".into());
+    }
+    let (must, may) = caps::control_write_masks(field)?;
+    if value & must != must || value & !may != 0 {
+        return Some(format!("{} {value:#x} is outside hv_vmx_vcpu_get_cap_write_vmcs's masks \
+            (must-be-one {must:#x}, may-be-one {may:#x})", vmcs_field_name(field).unwrap_or("?")));
+    }
+    None
 }
 
 /// A written value cut to the field's width (VMWRITE semantics, SDM 31.3 "VMWRITE").
@@ -179,6 +204,10 @@ impl VcpuState {
             return Err(HV_BAD_ARGUMENT);
         }
         let value = truncate(field, value);
+        if let Some(reason) = refused_write(field, value) {
+            log::error!("hvf-sys/linux: {reason}");
+            return Err(HV_BAD_ARGUMENT);
+        }
         if let Some((index, part)) = segment_field(field) {
             let sregs = &mut self.fd.sync_regs_mut().sregs;
             let seg = segment_mut(sregs, index);
@@ -300,6 +329,11 @@ impl VcpuState {
         self.set_field(VMCS_RO_VMEXIT_INSTR_LEN, exit.instr_len as u64);
         self.set_field(VMCS_RO_VMEXIT_IRQ_INFO, 0);
         self.set_field(VMCS_RO_VMEXIT_IRQ_ERROR, 0);
+        // Every VM exit clears the valid bit of the entry interruption field (SDM 25.8.3),
+        // a failed entry's too: an event not delivered comes back as IDT-vectoring
+        // information, never as a still-valid entry field.
+        let entry_event = self.field(VMCS_CTRL_VMENTRY_IRQ_INFO);
+        self.set_field(VMCS_CTRL_VMENTRY_IRQ_INFO, entry_event & !(IRQ_INFO_VALID as u64));
         let (info, error) = self.take_undelivered_event();
         self.set_field(VMCS_RO_IDT_VECTOR_INFO, info as u64);
         self.set_field(VMCS_RO_IDT_VECTOR_ERROR, error as u64);

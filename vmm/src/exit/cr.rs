@@ -21,8 +21,18 @@ pub fn handle(ctx: &mut ExitContext) -> Result<Action, HvError> {
         }
         (CR_ACCESS_MOV_TO, 4) => {
             let value = ctx.read_gpr(q.gpr)?;
+            // VMXE is hidden (CPUID shows no VMX): setting it is #GP, as are the bits
+            // this CPU lacks (SDM vol. 2, MOV CR; the fixed-1 capability, A.8).
+            let allowed = ctx.vcpu.vmcs_write_masks(VMCS_GUEST_CR4)?.1 & !CR4_VMXE;
+            if value & !allowed != 0 {
+                ctx.inject_gp()?;
+                return Ok(Action::Resume);
+            }
             ctx.vcpu.write_vmcs(VMCS_CTRL_CR4_SHADOW, value)?;
             ctx.vcpu.write_vmcs(VMCS_GUEST_CR4, effective_cr4(value))?;
+            // Paging-mode bits changed behind the framework's back: it must drop the
+            // translations the CPU would have (SDM vol. 3, 4.10.4.1; QEMU's hvf does this).
+            ctx.vcpu.invalidate_tlb()?;
         }
         // CR8 is the task-priority register; hvrun's guests run without a TPR shadow, so
         // it lives in the vCPU's TPR.
@@ -83,5 +93,7 @@ fn write_cr0(ctx: &mut ExitContext, value: u64) -> Result<bool, HvError> {
     ctx.vcpu.write_vmcs(VMCS_CTRL_VMENTRY_CONTROLS, entry)?;
     ctx.vcpu.write_vmcs(VMCS_CTRL_CR0_SHADOW, value)?;
     ctx.vcpu.write_vmcs(VMCS_GUEST_CR0, effective_cr0(value))?;
+    // A PG/PE/CD change ends the translations cached under the old mode (SDM 4.10.4.1).
+    ctx.vcpu.invalidate_tlb()?;
     Ok(true)
 }

@@ -18,6 +18,7 @@ pub mod hlt;
 pub mod io;
 pub mod mmio;
 pub mod msr;
+pub mod vmcall;
 pub mod xsetbv;
 
 /// What the run loop does after a handler.
@@ -151,6 +152,7 @@ pub fn handle_exit(ctx: &mut ExitContext, reason: u32) -> Result<Action, HvError
         VMX_REASON_MOV_CR => cr::handle(ctx),
         VMX_REASON_XSETBV => xsetbv::handle(ctx),
         VMX_REASON_HLT => hlt::handle(ctx),
+        VMX_REASON_VMCALL => vmcall::handle(ctx),
         // The window opened: the injection step before the next entry delivers.
         VMX_REASON_IRQ_WND => Ok(Action::Resume),
         // A host interrupt or a kick: nothing to do for the guest, RIP stays put.
@@ -271,11 +273,34 @@ mod tests {
             .reg(HV_X86_RAX, 0xffff_ffff_4000_0000)
             .reg(HV_X86_RCX, 0)
             .reg(HV_X86_RBX, u64::MAX)
-            .reg(HV_X86_RDX, u64::MAX);
+            .reg(HV_X86_RDX, u64::MAX)
+            .reg(HV_X86_CR4, 0)
+            .reg(HV_X86_XCR0, 1);
         run(&mut v, &m);
         assert_eq!(v.regs[&HV_X86_RAX], 0x4000_0000);
         assert_eq!(v.regs[&HV_X86_RBX], u32::from_le_bytes(*b"hvru") as u64);
         assert_eq!(v.regs[&HV_X86_RIP], 0x1002);
+    }
+
+    /// Leaf 1's OSXSAVE and leaf 0xD's current size come from the exiting vCPU's CR4 and
+    /// XCR0, not from hvrun's own thread.
+    #[test]
+    fn cpuid_follows_the_guests_cr4_and_xcr0() {
+        let m = machine();
+        let cpuid = |leaf: u64, cr4: u64, xcr0: u64| {
+            let mut v = exit(VMX_REASON_CPUID, 0, 2).reg(HV_X86_RAX, leaf).reg(HV_X86_RCX, 0).reg(HV_X86_CR4, cr4)
+                .reg(HV_X86_XCR0, xcr0);
+            run(&mut v, &m);
+            [v.regs[&HV_X86_RAX], v.regs[&HV_X86_RBX], v.regs[&HV_X86_RCX], v.regs[&HV_X86_RDX]]
+        };
+        const OSXSAVE: u64 = 1 << 27;
+        let xsave = cpuid(1, 0, 1)[2] & (1 << 26) != 0;
+        assert_eq!(cpuid(1, 0, 1)[2] & OSXSAVE, 0);
+        assert_eq!(cpuid(1, 1 << 18, 1)[2] & OSXSAVE != 0, xsave);
+        assert_eq!(cpuid(0xd, 1 << 18, 1)[1], 576, "x87 only");
+        let supported = m.cpuid.xcr0_supported();
+        let all = cpuid(0xd, 1 << 18, supported);
+        assert_eq!(all[1], all[2], "size for the guest's XCR0 = the maximum, all enabled");
     }
 
     #[test]
@@ -318,6 +343,7 @@ mod tests {
         assert_eq!(v.vmcs[&VMCS_CTRL_CR0_SHADOW], cr0);
         assert_eq!(v.vmcs[&VMCS_GUEST_CR0], cr0 | crate::controls::CR0_NE);
         assert_eq!(v.regs[&HV_X86_RIP], 0x1003);
+        assert_eq!(v.tlb_invalidations, 1, "the framework is told the paging mode changed");
 
         // And back: clearing PG leaves IA-32e mode.
         let mut v = exit(VMX_REASON_MOV_CR, 0x300, 3)
@@ -349,6 +375,16 @@ mod tests {
         run(&mut v, &m);
         assert_eq!(v.vmcs[&VMCS_CTRL_CR4_SHADOW], 0x20);
         assert_eq!(v.vmcs[&VMCS_GUEST_CR4], 0x2020);
+        assert_eq!(v.tlb_invalidations, 1);
+        // Setting VMXE (no VMX is shown) or a bit the CPU lacks is #GP, RIP stays.
+        for bad in [crate::controls::CR4_VMXE, 1 << 12] {
+            let mut v = exit(VMX_REASON_MOV_CR, 0x4 | (1 << 8), 3).reg(HV_X86_RCX, 0x20 | bad)
+                .field(VMCS_CTRL_VMENTRY_IRQ_INFO, 0);
+            v.masks.insert(VMCS_GUEST_CR4, (0x2000, 0x0037_67ff));
+            run(&mut v, &m);
+            assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_IRQ_INFO], 0x8000_0b0d, "{bad:#x}");
+            assert_eq!((v.regs[&HV_X86_RIP], v.tlb_invalidations), (0x1000, 0));
+        }
         let mut v = exit(VMX_REASON_MOV_CR, 0x8 | (2 << 8), 4).reg(HV_X86_RDX, 0x7);
         run(&mut v, &m);
         assert_eq!(v.regs[&HV_X86_TPR], 7);
@@ -384,10 +420,21 @@ mod tests {
         }
         let mut v = exit(VMX_REASON_TRIPLE_FAULT, 0, 0);
         assert!(matches!(run(&mut v, &m), Action::Stop(StopReason::TripleFault { .. })));
-        let mut v = exit(VMX_REASON_VMCALL, 0, 3);
+        let mut v = exit(VMX_REASON_INVD, 0, 2);
         match run(&mut v, &m) {
-            Action::Stop(StopReason::Fatal { message, .. }) => assert_eq!(message, "unhandled VM exit VMCALL (18)"),
+            Action::Stop(StopReason::Fatal { message, .. }) => assert_eq!(message, "unhandled VM exit INVD (13)"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_hypercall_gets_kvms_answer_and_the_guest_goes_on() {
+        let m = machine();
+        for (ss_ar, answer) in [(0xc093, -vmcall::KVM_ENOSYS), (0xc0f3, -vmcall::KVM_EPERM)] {
+            let mut v = exit(VMX_REASON_VMCALL, 0, 3).reg(HV_X86_RAX, 9).field(VMCS_GUEST_SS_AR, ss_ar);
+            assert_eq!(run(&mut v, &m), Action::Resume);
+            assert_eq!(v.regs[&HV_X86_RAX], answer as u64);
+            assert_eq!(v.regs[&HV_X86_RIP], 0x1003);
         }
     }
 
