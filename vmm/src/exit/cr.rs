@@ -7,6 +7,10 @@ use hvf_sys::vmcs::*;
 use hvf_sys::vmx::*;
 use hvf_sys::*;
 
+/// CR4.PCIDE (SDM vol. 3, 2.5) and the MOV-to-CR3 bit that then keeps the TLB.
+const CR4_PCIDE: u64 = 1 << 17;
+const CR3_NO_FLUSH: u64 = 1 << 63;
+
 pub fn handle(ctx: &mut ExitContext) -> Result<Action, HvError> {
     let q = CrQualification::decode(ctx.vcpu.read_vmcs(VMCS_RO_EXIT_QUALIFIC)?);
     if crate::trace::tracing() {
@@ -33,6 +37,22 @@ pub fn handle(ctx: &mut ExitContext) -> Result<Action, HvError> {
             // Paging-mode bits changed behind the framework's back: it must drop the
             // translations the CPU would have (SDM vol. 3, 4.10.4.1; QEMU's hvf does this).
             ctx.vcpu.invalidate_tlb()?;
+        }
+        // CR3 exits only where the framework forces CR3-load/store exiting on (the plain,
+        // not TRUE, capability of older CPUs makes them must-be-one, SDM A.3.2): the
+        // guest's CR3 is in the VMCS. With CR4.PCIDE, bit 63 asks not to flush and is
+        // never stored (SDM vol. 3, 4.10.4.1); without it every load flushes.
+        (CR_ACCESS_MOV_TO, 3) => {
+            let value = ctx.read_gpr(q.gpr)?;
+            let pcide = ctx.vcpu.read_vmcs(VMCS_CTRL_CR4_SHADOW)? & CR4_PCIDE != 0;
+            ctx.vcpu.write_vmcs(VMCS_GUEST_CR3, if pcide { value & !CR3_NO_FLUSH } else { value })?;
+            if !(pcide && value & CR3_NO_FLUSH != 0) {
+                ctx.vcpu.invalidate_tlb()?;
+            }
+        }
+        (CR_ACCESS_MOV_FROM, 3) => {
+            let cr3 = ctx.vcpu.read_vmcs(VMCS_GUEST_CR3)?;
+            ctx.write_gpr(q.gpr, cr3)?;
         }
         // CR8 is the task-priority register; hvrun's guests run without a TPR shadow, so
         // it lives in the vCPU's TPR.

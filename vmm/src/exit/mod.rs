@@ -357,6 +357,22 @@ mod tests {
     }
 
     #[test]
+    fn mov_cr3_loads_the_vmcs_and_flushes_unless_pcid_says_keep() {
+        let m = machine();
+        // mov cr3, rax (0F 22 D8: CR3, MOV to, RAX), then mov rbx, cr3 (0F 20 DB).
+        let mut v = exit(VMX_REASON_MOV_CR, 0x3, 3).reg(HV_X86_RAX, 0x5000).field(VMCS_CTRL_CR4_SHADOW, 0);
+        run(&mut v, &m);
+        assert_eq!((v.vmcs[&VMCS_GUEST_CR3], v.tlb_invalidations, v.regs[&HV_X86_RIP]), (0x5000, 1, 0x1003));
+        let pcide = 1 << 17;
+        let mut v = exit(VMX_REASON_MOV_CR, 0x3, 3).reg(HV_X86_RAX, (1 << 63) | 0x6001).field(VMCS_CTRL_CR4_SHADOW, pcide);
+        run(&mut v, &m);
+        assert_eq!((v.vmcs[&VMCS_GUEST_CR3], v.tlb_invalidations), (0x6001, 0), "no-flush bit honoured, not stored");
+        let mut v = exit(VMX_REASON_MOV_CR, 0x3 | (1 << 4) | (3 << 8), 3).field(VMCS_GUEST_CR3, 0x7000);
+        run(&mut v, &m);
+        assert_eq!(v.regs[&HV_X86_RBX], 0x7000);
+    }
+
+    #[test]
     fn mov_cr0_pg_without_pe_is_gp() {
         let m = machine();
         let mut v = exit(VMX_REASON_MOV_CR, 0, 3)
