@@ -52,13 +52,16 @@ set -e
 # --- end-to-end tests ------------------------------------------------------------------
 has_e2e=$(cargo metadata --no-deps --format-version 1 |
     python3 -c 'import json,sys; print(any(p["name"] == "hvrun-tests" for p in json.load(sys.stdin)["packages"]))')
+# Where cargo puts what it builds (CARGO_TARGET_DIR moves it out of the repository).
+target_dir=$(cargo metadata --no-deps --format-version 1 |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 if [[ $has_e2e != True ]]; then
     echo "=== end-to-end tests: no package hvrun-tests in the workspace, skipped"
 else
     echo "=== end-to-end tests: building (tests, the hvrun command, the guests)"
     set +e
     # Profile e2e (Cargo.toml): optimised, with debug checks; the tests run the hvrun
-    # built beside them (target/e2e/hvrun).
+    # built beside them (<target dir>/e2e/hvrun).
     cargo build --profile e2e -p hvrun &&
         cargo test --profile e2e -p hvrun-tests --no-run --message-format=json >"$work/build.json"
     rc=$?
@@ -120,7 +123,7 @@ EOF
             if [[ ${#test_args[@]} -eq 0 ]]; then
                 printf 'echo "     Running the boot loop (10 boots)"\n'
                 printf 'cd %q && python3 scripts/boot-loop.py --hvrun %q --kernel %q --initrd %q --boots 10 --deadline 120\n' \
-                    "$repo" "$repo/target/e2e/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
+                    "$repo" "$target_dir/e2e/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
                 printf 'if [ $? -ne 0 ]; then printf "\\nhvrun-test: the boot loop failed\\n"; rc=1; fi\n'
             fi
             echo 'exit $rc'

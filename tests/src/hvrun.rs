@@ -113,15 +113,51 @@ pub struct Finished {
     pub terminal_settings: Option<(libc::termios, libc::termios)>,
 }
 
+/// What a guest kernel prints when the machine is not what it expects: an MSR access
+/// that faulted where it assumed the MSR exists, a WARN() and its call trace, an XSAVE
+/// layout CPUID got wrong. A clean boot prints none of them.
+pub const KERNEL_NOISE: &[&str] = &["unchecked MSR", "WARNING:", "Call Trace", "XSAVE consistency"];
+
 impl Finished {
     pub fn code(&self) -> Option<i32> {
         self.status.code()
+    }
+
+    /// The console lines holding [`KERNEL_NOISE`], with their line numbers.
+    pub fn kernel_noise(&self) -> Vec<(usize, String)> {
+        let lines = self.console.all();
+        lines
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, l))| KERNEL_NOISE.iter().any(|n| l.contains(n)))
+            .map(|(i, (_, l))| (i + 1, l))
+            .collect()
     }
 
     /// Everything, for assertion messages.
     pub fn report(&self) -> String {
         format!("status: {}\n--- console ---\n{}\n--- stderr ---\n{}", self.status, self.console.text(), self.stderr.text())
     }
+}
+
+/// Fails unless the guest's console is free of [`KERNEL_NOISE`]; the message starts with
+/// the offending lines (and a few after each, where a call trace names the culprit).
+pub fn assert_no_kernel_noise(run: &Finished) {
+    let noise = run.kernel_noise();
+    if noise.is_empty() {
+        return;
+    }
+    const CONTEXT: usize = 4;
+    let lines: Vec<String> = run.console.all().into_iter().map(|(_, l)| l).collect();
+    let mut shown = String::new();
+    for (n, line) in &noise {
+        shown.push_str(&format!("  console line {n}: {line}\n"));
+        for (k, after) in lines.iter().enumerate().skip(*n).take(CONTEXT) {
+            shown.push_str(&format!("      {}: {after}\n", k + 1));
+        }
+    }
+    panic!("the guest kernel printed {} line(s) of noise ({KERNEL_NOISE:?}):\n{shown}--- the whole run ---\n{}",
+        noise.len(), run.report());
 }
 
 impl Hvrun {
@@ -245,5 +281,40 @@ pub fn termios_of(fd: &impl AsRawFd) -> libc::termios {
         let mut t: libc::termios = std::mem::zeroed();
         assert_eq!(libc::tcgetattr(fd.as_raw_fd(), &mut t), 0);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn finished(console: &[&str]) -> Finished {
+        let lines = Lines::default();
+        for l in console {
+            lines.push(Instant::now(), l.as_bytes());
+        }
+        Finished { status: ExitStatus::from_raw(0), console: lines, stderr: Lines::default(), terminal_settings: None }
+    }
+
+    #[test]
+    fn kernel_noise_is_found_and_reported_with_what_follows() {
+        let clean = finished(&["[    0.1] Linux version 6.1", "HVRUN-INIT-OK"]);
+        assert!(clean.kernel_noise().is_empty());
+        assert_no_kernel_noise(&clean);
+
+        let noisy = finished(&[
+            "[    0.0] Linux version 6.1",
+            "[    2.0] unchecked MSR access error: RDMSR from 0xc001001f at rIP: 0xffffffff8125032b",
+            "[    2.0] Call Trace:",
+            "[    2.0]  amd_bus_cpu_online+0x37/0x40",
+            "[    2.8] XSAVE consistency problem: size 832 != kernel_size 576",
+            "[    2.8] WARNING: CPU: 0 PID: 0 at arch/x86/kernel/fpu/xstate.c:606",
+        ]);
+        assert_eq!(noisy.kernel_noise().iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 3, 5, 6]);
+        let message = std::panic::catch_unwind(|| assert_no_kernel_noise(&noisy)).unwrap_err();
+        let message = message.downcast_ref::<String>().expect("a formatted panic");
+        assert!(message.contains("4 line(s)"), "{message}");
+        assert!(message.contains("4: [    2.0]  amd_bus_cpu_online"), "the trace follows: {message}");
     }
 }

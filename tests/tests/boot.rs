@@ -1,7 +1,9 @@
 //! Booting Linux with the `hvrun` command, on a real KVM: the minimal kernel to its init
 //! marker through both device-discovery paths, console input on a real terminal, reboot
-//! and panic statuses, the guest clock against the host's, a distribution kernel, and
-//! every bad-input case answered with one line and status 1.
+//! and panic statuses, the guest clock against the host's, a distribution kernel, the
+//! CPU features the guest sees, and every bad-input case answered with one line and
+//! status 1. The boots to init must be clean: no kernel noise (unchecked MSR accesses,
+//! WARNINGs, call traces, XSAVE consistency problems) on the console.
 //!
 //! The guests come from scripts/test.sh (HVRUN_GUEST_KERNEL/INITRD, HVRUN_CLOUD_*).
 use hvrun_tests::hvrun::*;
@@ -29,6 +31,7 @@ fn minimal_kernel_boots_with_acpi_and_powers_off() {
     assert!(run.console.find(MARKER).is_some(), "{}", run.report());
     assert!(run.console.find("ACPI: RSDP").is_some(), "ACPI tables were used: {}", run.report());
     assert_eq!(run.code(), Some(0), "{}", run.report());
+    assert_no_kernel_noise(&run);
 }
 
 #[test]
@@ -37,6 +40,7 @@ fn minimal_kernel_boots_through_the_mp_table_with_acpi_off() {
     assert!(run.console.find(MARKER).is_some(), "{}", run.report());
     assert!(run.console.find("found SMP MP-table").is_some(), "{}", run.report());
     assert_eq!(run.code(), Some(0), "{}", run.report());
+    assert_no_kernel_noise(&run);
 }
 
 #[test]
@@ -151,6 +155,46 @@ fn debian_cloud_kernel_boots_to_the_init_marker() {
     let run = Hvrun::spawn(&["--mem", "1G", "--append", "hvrun.check=uptime", &kernel, &initrd]).wait(Duration::from_secs(600));
     assert!(run.console.find(MARKER).is_some(), "{}", run.report());
     assert_eq!(run.code(), Some(0), "{}", run.report());
+    assert_no_kernel_noise(&run);
+}
+
+/// User-visible CPU features QEMU's guest shows on the same KVM (`-cpu host`), where
+/// the host has them: hvrun passes them through CPUID and the guest kernel keeps them.
+const HOST_FEATURES: &[&str] = &[
+    "sse4_2", "aes", "pclmulqdq", "rdrand", "movbe", "bmi1", "bmi2", "adx", "fsgsbase", "smep", "smap", "pdpe1gb",
+];
+/// Features of hvrun's own local APIC, shown whatever the host has.
+const APIC_FEATURES: &[&str] = &["x2apic", "tsc_deadline_timer"];
+
+/// The feature flags of the first CPU in a /proc/cpuinfo.
+fn cpuinfo_flags(cpuinfo: &str) -> Vec<String> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    line.split_once(':').map_or("", |(_, f)| f).split_whitespace().map(str::to_string).collect()
+}
+
+/// The minimal guest's /proc/cpuinfo (the `cpuinfo` check) against the host's: the same
+/// vendor, the host's user-visible features, the APIC's, and a clean boot.
+#[test]
+fn guest_cpuinfo_shows_the_host_features() {
+    let run = boot("hvrun.check=cpuinfo");
+    assert_eq!(run.code(), Some(0), "{}", run.report());
+    let printed = |key: &str| {
+        let (_, line) = run.console.find(key).unwrap_or_else(|| panic!("no {key}: {}", run.report()));
+        line[line.find(key).unwrap() + key.len()..].to_string()
+    };
+    let guest: Vec<String> = printed("HVRUN-CPUINFO-FLAGS=").split_whitespace().map(str::to_string).collect();
+    let host_cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("the host's /proc/cpuinfo");
+    let host = cpuinfo_flags(&host_cpuinfo);
+    let host_vendor = host_cpuinfo.lines().find_map(|l| l.strip_prefix("vendor_id")).and_then(|l| l.split(':').nth(1));
+    assert_eq!(Some(printed("HVRUN-CPUINFO-VENDOR=").trim()), host_vendor.map(str::trim), "the host's vendor");
+    let absent_on_host: Vec<&str> = HOST_FEATURES.iter().copied().filter(|f| !host.iter().any(|h| h == f)).collect();
+    if !absent_on_host.is_empty() {
+        eprintln!("the host has no {absent_on_host:?}: not expected of the guest either");
+    }
+    let wanted = HOST_FEATURES.iter().filter(|f| !absent_on_host.contains(f)).chain(APIC_FEATURES);
+    let missing: Vec<&str> = wanted.copied().filter(|f| !guest.iter().any(|g| g == f)).collect();
+    assert!(missing.is_empty(), "the guest lacks {missing:?}\nguest flags: {guest:?}\nhost flags: {host:?}");
+    assert_no_kernel_noise(&run);
 }
 
 /// Bad input from the user: one line on stderr naming the problem, status 1, no panic.

@@ -279,13 +279,14 @@ impl<'a> Printed<'a> {
     }
 }
 
-/// The check ran to its end and the guest powered off.
+/// The check ran to its end, the guest powered off, and its kernel printed no noise.
 fn assert_check_passed(run: &Finished) {
     assert!(run.console.find(MARKER).is_some(), "{}", run.report());
     assert!(run.console.find("HVRUN-DISK-ERROR").is_none(), "{}", run.report());
     assert!(run.console.find("HVRUN-DISK-DONE").is_some(), "{}", run.report());
     assert!(run.console.find("HVRUN-CHECK-STATUS=0").is_some(), "{}", run.report());
     assert_eq!(run.code(), Some(0), "{}", run.report());
+    assert_no_kernel_noise(run);
 }
 
 /// The contract for the i-th disk: its window at 0xd0000000 + i * 0x1000, its GSI 5, 6, ...

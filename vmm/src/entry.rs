@@ -169,8 +169,8 @@ impl EntryState {
         vcpu.write_vmcs(VMCS_GUEST_IGNORE_IRQ, 0)?;
         vcpu.write_vmcs(VMCS_GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE as u64)?;
         vcpu.write_vmcs(VMCS_GUEST_LINK_POINTER, u64::MAX)?;
-        // The power-on PAT (SDM vol. 3, 13.12.4: WB WT UC- UC, twice).
-        vcpu.write_vmcs(VMCS_GUEST_IA32_PAT, 0x0007_0406_0007_0406)?;
+        // No VMCS_GUEST_IA32_PAT: Hypervisor.framework refuses that write. The guest's PAT
+        // starts at its power-on value in software (crate::msr::MsrState).
 
         vcpu.write_reg(HV_X86_RIP, self.rip)?;
         vcpu.write_reg(HV_X86_RSP, self.rsp)?;
@@ -200,6 +200,7 @@ mod tests {
         assert_eq!(v.vmcs[&VMCS_GUEST_TR_AR], 0x8b);
         assert_eq!(v.vmcs[&VMCS_GUEST_IA32_EFER], 0x500);
         assert_eq!(v.regs[&HV_X86_RFLAGS], 2);
+        assert!(!v.vmcs.contains_key(&VMCS_GUEST_IA32_PAT), "HVF refuses this field");
     }
 
     #[test]
@@ -213,5 +214,6 @@ mod tests {
         assert_eq!(v.vmcs[&VMCS_GUEST_TR_AR], 0x83);
         assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_CONTROLS], 0x91ff);
         assert_eq!(v.vmcs[&VMCS_GUEST_CR0], CR0_ET | CR0_NE);
+        assert!(!v.vmcs.contains_key(&VMCS_GUEST_IA32_PAT), "HVF refuses this field");
     }
 }
