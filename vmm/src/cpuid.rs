@@ -28,7 +28,14 @@ mod bits {
     /// Leaf 7.0 EDX: hybrid 15, PCONFIG 18, arch LBR 19, the speculation-control MSRs
     /// (IBRS/STIBP 26-27, L1D_FLUSH 28, ARCH_CAPABILITIES 29, CORE_CAPABILITIES 30,
     /// SSBD 31) whose MSRs hvrun does not emulate.
-    pub const EDX7_HIDDEN: u32 = (1 << 15) | (1 << 18) | (1 << 19) | (0x3f << 26);
+    /// Also SRBDS_CTRL 9, RTM_ALWAYS_ABORT 11 and TSX_FORCE_ABORT 13, whose MSRs
+    /// (MCU_OPT_CTRL, TSX_FORCE_ABORT) Linux would read without a fault handler.
+    pub const EDX7_HIDDEN: u32 = (1 << 9) | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 18) | (1 << 19) | (0x3f << 26);
+    /// Leaf 0x8000_0008 EBX (AMD): IRPERF 1 and the speculation controls whose MSRs
+    /// (SPEC_CTRL, PRED_CMD, VIRT_SPEC_CTRL) hvrun does not emulate: IBPB 12, IBRS 14,
+    /// STIBP 15, their always-on/preferred/same-mode hints 16-19, SSBD 24, VIRT_SSBD 25,
+    /// PSFD 28 (AMD APM vol. 3, E.4.7).
+    pub const EBX88_HIDDEN: u32 = (1 << 1) | (1 << 12) | (0x3f << 14) | (1 << 24) | (1 << 25) | (1 << 28);
     /// Leaf 7.0 EBX: INVPCID, which raises #UD unless "enable INVPCID" is on (SDM 25.6.2).
     pub const EBX7_INVPCID: u32 = 1 << 10;
     /// Leaf 7.0 ECX: RDPID, gated like RDTSCP by "enable RDTSCP".
@@ -173,6 +180,9 @@ impl CpuidPolicy {
                     _ => [0, 0, subleaf, index],
                 };
             }
+            0x8000_0008 => b &= !EBX88_HIDDEN,
+            // SVM's own features: no SVM is shown.
+            0x8000_000a => [a, b, c, d] = [0; 4],
             0x8000_0001 => {
                 c &= !ECX81_SVM;
                 if !self.rdtscp {
@@ -273,6 +283,9 @@ mod tests {
         assert_eq!(p.leaf(0, 0x4000_0000, 0, &GuestView::RESET), [0x4000_0000, 0x7572_7668, 0x7276_686e, 0x7668_6e75]);
         assert_eq!(p.leaf(0, 0xa, 0, &GuestView::RESET), [0; 4], "no PMU");
         assert_eq!(p.leaf(0, 0x8000_0001, 0, &GuestView::RESET)[2] & bits::ECX81_SVM, 0);
+        assert_eq!(p.leaf(0, 0x8000_000a, 0, &GuestView::RESET), [0; 4], "no SVM features");
+        assert_eq!(p.leaf(0, 0x8000_0008, 0, &GuestView::RESET)[1] & bits::EBX88_HIDDEN, 0, "no AMD speculation MSRs");
+        assert_eq!(p.leaf(0, 7, 0, &GuestView::RESET)[3] & bits::EDX7_HIDDEN, 0);
     }
 
     #[test]

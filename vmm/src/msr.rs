@@ -6,7 +6,7 @@
 //!
 //! An MSR hvrun knows but deliberately does not have raises #GP silently, as on a CPU
 //! without it; one it does not know raises #GP and is logged once.
-use crate::cpuid::CpuidPolicy;
+use crate::cpuid::{CpuidPolicy, GuestView};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock};
 
@@ -161,15 +161,15 @@ const fn vendor_id(name: &[u8; 12]) -> [u32; 3] {
 impl CpuModel {
     /// The model vCPU `index` sees through `cpuid`.
     pub fn of(cpuid: &CpuidPolicy, index: u32, tsc_hz: u64) -> Self {
-        let [max, b, c, d] = cpuid.leaf(index, 0, 0);
+        let [max, b, c, d] = cpuid.leaf(index, 0, 0, &GuestView::RESET);
         let vendor = match [b, d, c] {
             GENUINE_INTEL => Vendor::Intel,
             AUTHENTIC_AMD | HYGON_GENUINE => Vendor::Amd,
             _ => Vendor::Other,
         };
-        let tsc_adjust = max >= 7 && cpuid.leaf(index, 7, 0)[1] & CPUID_TSC_ADJUST != 0;
-        let max_ext = cpuid.leaf(index, 0x8000_0000, 0)[0];
-        let osvw = max_ext >= 0x8000_0001 && cpuid.leaf(index, 0x8000_0001, 0)[2] & CPUID_OSVW != 0;
+        let tsc_adjust = max >= 7 && cpuid.leaf(index, 7, 0, &GuestView::RESET)[1] & CPUID_TSC_ADJUST != 0;
+        let max_ext = cpuid.leaf(index, 0x8000_0000, 0, &GuestView::RESET)[0];
+        let osvw = max_ext >= 0x8000_0001 && cpuid.leaf(index, 0x8000_0001, 0, &GuestView::RESET)[2] & CPUID_OSVW != 0;
         CpuModel { vendor, tsc_adjust, osvw, phys_addr_bits: cpuid.phys_addr_bits, tsc_hz, microcode: host_microcode() }
     }
 }
@@ -648,7 +648,7 @@ mod tests {
         let cpuid = CpuidPolicy::new(1, true);
         let m = CpuModel::of(&cpuid, 0, 2_000_000_000);
         let s = MsrState::default();
-        let leaf7 = cpuid.leaf(0, 7, 0);
+        let leaf7 = cpuid.leaf(0, 7, 0, &GuestView::RESET);
         const ARCH_CAPABILITIES: u32 = 1 << 29;
         if leaf7[3] & ARCH_CAPABILITIES != 0 {
             assert_ne!(s.read(&m, IA32_ARCH_CAPABILITIES), Fault, "CPUID shows ARCH_CAPABILITIES");
