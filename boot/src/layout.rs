@@ -17,6 +17,18 @@
 //!              LAPIC 0xfee0_0000)
 //! 4 GiB..: the rest of RAM
 //! ```
+//!
+//! A multiboot image (Multiboot specification 0.6.96) gets the same GDT address, MP and
+//! ACPI tables, and in place of the zero page, stack, page tables and command line:
+//!
+//! ```text
+//! 0x0000_1000..0x0000_8000  the multiboot information structure, its memory map,
+//!              module list, boot loader name and command lines (above the first page,
+//!              which kvm-unit-tests overwrites with its AP trampoline; below 0x8000,
+//!              where the suite's realmode.flat loads)
+//! its ELF segments wherever they say (RAM only, clear of the above)
+//! top of low RAM: the module (hvrun's INITRD argument), page-aligned
+//! ```
 pub use vmm::memory::{MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Guest pages are 4 KiB.
@@ -32,6 +44,10 @@ pub const PDPT_START: u64 = 0xa000;
 pub const PD_START: u64 = 0xb000;
 /// Page directories: each maps 1 GiB with 2 MiB pages, so 4 map the low 4 GiB.
 pub const PD_COUNT: u64 = 4;
+
+/// The area for the multiboot information structure and everything it points to.
+pub const MULTIBOOT_INFO_START: u64 = 0x1000;
+pub const MULTIBOOT_INFO_END: u64 = 0x8000;
 
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// Room reserved for the command line (terminating NUL included), whatever the kernel's
@@ -124,5 +140,7 @@ mod tests {
         assert_eq!((IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR), (0xfec0_0000, 24, 0xfee0_0000));
         assert_eq!((COM1_PORT, COM1_IRQ), (0x3f8, 4));
         assert_eq!(low_ram_end(16 << 30), MMIO_HOLE_START);
+        // The multiboot layout: the information area clear of the GDT and the tables.
+        const { assert!(GDT_START + 0x20 <= MULTIBOOT_INFO_START && MULTIBOOT_INFO_END <= MPTABLE_START) };
     }
 }

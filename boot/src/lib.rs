@@ -4,12 +4,17 @@
 //! 64-bit entry state for the boot vCPU (Documentation/x86/boot.rst, "64-bit BOOT
 //! PROTOCOL").
 //!
+//! It also boots multiboot (v1) images, the kvm-unit-tests guests ([`multiboot`]):
+//! [`detect`] tells the two kinds apart by their headers.
+//!
 //! One module per boot structure, each a small function writing into guest memory with
-//! its own error type; [`load_linux`] strings them together. Kernel and initrd files are
-//! untrusted: every bad input is a [`BootError`], never a panic.
+//! its own error type; [`load_linux`] and [`multiboot::load_multiboot`] string them
+//! together. Kernel and initrd files are untrusted: every bad input is a [`BootError`],
+//! never a panic.
 pub mod acpi;
 pub mod cmdline;
 pub mod e820;
+pub mod elf32;
 pub mod entry;
 pub mod gdt;
 pub mod initrd;
@@ -17,6 +22,7 @@ pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod mptable;
+pub mod multiboot;
 pub mod paging;
 pub mod zero_page;
 
@@ -35,6 +41,7 @@ pub use gdt::GdtError;
 pub use initrd::InitrdError;
 pub use loader::{KernelError, KernelFormat, KernelInfo};
 pub use mptable::MptableError;
+pub use multiboot::{load_multiboot, MultibootBoot, MultibootError};
 pub use paging::PagingError;
 pub use zero_page::ZeroPageError;
 
@@ -92,6 +99,8 @@ pub enum BootError {
     Mptable(MptableError),
     Gdt(GdtError),
     Paging(PagingError),
+    MultibootHeader(multiboot::HeaderError),
+    Multiboot(MultibootError),
 }
 
 impl fmt::Display for BootError {
@@ -120,6 +129,8 @@ impl fmt::Display for BootError {
             BootError::Mptable(e) => e.fmt(f),
             BootError::Gdt(e) => e.fmt(f),
             BootError::Paging(e) => e.fmt(f),
+            BootError::MultibootHeader(e) => e.fmt(f),
+            BootError::Multiboot(e) => e.fmt(f),
         }
     }
 }
@@ -137,6 +148,8 @@ impl std::error::Error for BootError {
             BootError::Mptable(e) => Some(e),
             BootError::Gdt(e) => Some(e),
             BootError::Paging(e) => Some(e),
+            BootError::MultibootHeader(e) => Some(e),
+            BootError::Multiboot(e) => Some(e),
             _ => None,
         }
     }
@@ -162,6 +175,36 @@ from_error!(
     Gdt(GdtError),
     Paging(PagingError)
 );
+
+/// What kind of image a kernel file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    /// A bzImage, an ELF64 vmlinux, or something [`load_linux`] will reject with a reason.
+    Linux,
+    /// A multiboot (v1) image with this valid header.
+    Multiboot(multiboot::Header),
+}
+
+/// Tells a Linux kernel from a multiboot image by its headers, in the order QEMU's
+/// `-kernel` does: a bzImage's "HdrS" first, then a multiboot header in the first 8 KiB.
+/// A broken multiboot header (bad checksum, truncated, requirements hvrun cannot meet) is
+/// an error unless the file is a bzImage or an ELF64 file, which may contain the magic by
+/// chance. Leaves the file position unspecified.
+pub fn detect<F: Read + Seek>(file: &mut F) -> Result<ImageKind, BootError> {
+    let len = file.seek(std::io::SeekFrom::End(0)).map_err(KernelError::Io)?;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(KernelError::Io)?;
+    let mut head = vec![0u8; len.min(multiboot::header::SEARCH_LIMIT as u64) as usize];
+    file.read_exact(&mut head).map_err(KernelError::Io)?;
+    if loader::is_bzimage(&head) {
+        return Ok(ImageKind::Linux);
+    }
+    match multiboot::header::find(&head) {
+        Ok(Some(header)) => Ok(ImageKind::Multiboot(header)),
+        Ok(None) => Ok(ImageKind::Linux),
+        Err(_) if loader::is_elf64(&head) => Ok(ImageKind::Linux),
+        Err(e) => Err(BootError::MultibootHeader(e)),
+    }
+}
 
 /// Opens a kernel or initrd (`what`) for [`load_linux`], naming the file on failure.
 pub fn open_image(what: &'static str, path: &Path) -> Result<File, BootError> {
@@ -339,6 +382,31 @@ mod tests {
         ] {
             assert!(matches!(check_devices(&bad), Err(BootError::Device { .. })), "{bad:x?}");
         }
+    }
+
+    #[test]
+    fn detect_tells_linux_from_multiboot() {
+        use multiboot::header::tests::header_bytes;
+        use std::io::Cursor;
+        let d = |img: &[u8]| detect(&mut Cursor::new(img));
+        let mut mb = crate::elf32::tests::fake_elf32(0x40_0000, &[(0x40_0000, 0x200, 0x200)]);
+        mb[0x10b0..0x10bc].copy_from_slice(&header_bytes(0));
+        assert_eq!(d(&mb).unwrap(), ImageKind::Multiboot(multiboot::Header { offset: 0x10b0, flags: 0 }));
+        assert_eq!(d(&loader::tests::fake_bzimage(0x020c, 1, 16)).unwrap(), ImageKind::Linux);
+        assert_eq!(d(&loader::tests::fake_elf(0x100_0000, 16)).unwrap(), ImageKind::Linux);
+        assert_eq!(d(b"").unwrap(), ImageKind::Linux, "load_linux says what is wrong with it");
+        // A broken header is the multiboot loader's error, unless the file is Linux's.
+        mb[0x10b8] ^= 1;
+        assert_eq!(
+            d(&mb).unwrap_err().to_string(),
+            "bad multiboot header at offset 0x10b0: magic + flags + checksum is not 0"
+        );
+        let mut vmlinux = loader::tests::fake_elf(0x100_0000, 0x200);
+        vmlinux[0x1000..0x1004].copy_from_slice(&multiboot::header::HEADER_MAGIC.to_le_bytes());
+        assert_eq!(d(&vmlinux).unwrap(), ImageKind::Linux);
+        let mut video = mb.clone();
+        video[0x10b0..0x10bc].copy_from_slice(&header_bytes(multiboot::header::FLAG_VIDEO_MODE));
+        assert!(matches!(d(&video), Err(BootError::MultibootHeader(multiboot::HeaderError::VideoMode))));
     }
 
     #[test]

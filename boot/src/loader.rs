@@ -102,6 +102,16 @@ impl From<io::Error> for KernelError {
     }
 }
 
+/// Whether `head` (the file's first bytes) has a bzImage's "HdrS" at 0x202.
+pub fn is_bzimage(head: &[u8]) -> bool {
+    head.len() >= 0x206 && head[0x202..0x206] == HDR_MAGIC.to_le_bytes()
+}
+
+/// Whether `head` starts like an ELF64 file (what a vmlinux is).
+pub fn is_elf64(head: &[u8]) -> bool {
+    head.starts_with(b"\x7fELF") && head.get(4) == Some(&2)
+}
+
 /// Reads and checks the image's headers. Leaves the file position unspecified.
 pub fn probe<F: Read + Seek>(file: &mut F) -> Result<KernelInfo, KernelError> {
     let len = file.seek(SeekFrom::End(0))?;
@@ -111,7 +121,7 @@ pub fn probe<F: Read + Seek>(file: &mut F) -> Result<KernelInfo, KernelError> {
     if head.starts_with(b"\x7fELF") {
         return probe_elf(file, &head, len);
     }
-    if head.len() >= 0x206 && head[0x202..0x206] == HDR_MAGIC.to_le_bytes() {
+    if is_bzimage(&head) {
         return probe_bzimage(&head, len);
     }
     Err(KernelError::NotAKernel("neither a bzImage (no \"HdrS\" at 0x202) nor an ELF file"))

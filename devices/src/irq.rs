@@ -13,6 +13,13 @@ pub trait LocalInterrupts: Send + Sync {
     }
     /// Raises the interrupts of timers that are due at `now`.
     fn poll_timers(&self, _now: Instant) {}
+    /// Whether an NMI waits for delivery (RFLAGS.IF does not hold it back; blocking by
+    /// NMI and the MOV SS shadow do, SDM vol. 3, 6.7.1 and 25.4.2).
+    fn nmi_pending(&self) -> bool {
+        false
+    }
+    /// The vCPU has injected the pending NMI.
+    fn acknowledge_nmi(&self) {}
 }
 
 /// Gets a vCPU to look at its pending interrupts: out of HLT, or out of the guest.

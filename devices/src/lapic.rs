@@ -465,8 +465,10 @@ impl State {
         let mut fx = Effects::default();
         if let Some(v) = highest_bit(&self.isr) {
             set_bit(&mut self.isr, v, false);
+            // A level-triggered vector's EOI goes on to the IOAPICs. The TMR bit stays:
+            // it records the trigger mode of the vector's last acceptance and only the
+            // next acceptance changes it (SDM vol. 3, 11.8.4 and 11.8.5).
             if test_bit(&self.tmr, v) {
-                set_bit(&mut self.tmr, v, false);
                 fx.eoi = Some(v);
             }
             // A lower-priority interrupt held back by the ISR may now be deliverable.
@@ -902,6 +904,16 @@ impl Lapic {
         self.lock().matches_destination(dest, logical, x2apic_format)
     }
 
+    /// The task-priority register (the vCPU mirrors CR8 from it).
+    pub fn tpr(&self) -> u32 {
+        self.lock().tpr
+    }
+
+    /// A MOV to CR8 changed the TPR to `tpr` (CR8 << 4): the vCPU's side of the register.
+    pub fn set_tpr(&self, tpr: u32) {
+        self.lock().tpr = tpr & 0xff;
+    }
+
     /// A pending NMI (delivery mode NMI), consumed. The VMM injects it (NMIs are not
     /// blocked by RFLAGS.IF).
     pub fn take_nmi(&self) -> bool {
@@ -995,11 +1007,16 @@ impl Lapic {
     }
 
     fn mmio_read_at(&self, offset: u64, data: &mut [u8], now: Instant) {
-        data.fill(0);
         let s = self.lock();
+        // Globally disabled, the APIC is not there (SDM vol. 3, 11.4.3); in x2APIC mode its
+        // page behaves the same way (11.12.1.2): nothing decodes the address, and a read
+        // sees the floating bus, all ones, whatever was written (kvm-unit-tests' apic
+        // "apic_disable" checks this).
         if !s.enabled() || s.x2apic() || offset >= LAPIC_SIZE {
+            data.fill(0xff);
             return;
         }
+        data.fill(0);
         let reg = (offset & !0xf) as u32;
         let within = (offset & 0xf) as usize;
         if within >= 4 {
@@ -1068,6 +1085,14 @@ impl LocalInterrupts for Lapic {
         if fired {
             self.kick.kick();
         }
+    }
+
+    fn nmi_pending(&self) -> bool {
+        self.lock().nmi_pending
+    }
+
+    fn acknowledge_nmi(&self) {
+        self.lock().nmi_pending = false;
     }
 }
 
@@ -1272,7 +1297,14 @@ mod tests {
         assert_eq!(f.inject(), Some(0x61));
         f.wr(REG_EOI, 0);
         assert_eq!(*f.router.eois.lock().unwrap(), [0x61]);
+        // The TMR keeps the last acceptance's trigger mode (kvm-unit-tests' ioapic
+        // "TMR for ioapic ... (expected true)"); an edge acceptance clears it.
+        assert_eq!(f.rd(REG_TMR + 0x30), 1 << 1, "the TMR survives the EOI");
+        f.lapic.deliver(DeliveryMode::Fixed, 0x61, false);
         assert_eq!(f.rd(REG_TMR + 0x30), 0);
+        assert_eq!(f.inject(), Some(0x61));
+        f.wr(REG_EOI, 0);
+        assert_eq!(*f.router.eois.lock().unwrap(), [0x61], "edge now: no second broadcast");
     }
 
     #[test]
@@ -1398,8 +1430,12 @@ mod tests {
         assert_eq!(l.read_msr(0x830), Ok((7u64 << 32) | 0x40));
         let ipi = f.router.ipis.lock().unwrap()[0];
         assert_eq!((ipi.dest, ipi.x2apic, ipi.vector, ipi.mode), (7, true, 0x40, DeliveryMode::Fixed));
-        // The MMIO page is dead in x2APIC mode.
-        assert_eq!(f.rd(REG_VERSION), 0);
+        // The MMIO page is dead in x2APIC mode: the floating bus, writes go nowhere.
+        assert_eq!(f.rd(REG_VERSION), u32::MAX);
+        let tpr = l.read_msr(0x808).unwrap();
+        f.wr(REG_TPR, !tpr as u32 & 0xff);
+        assert_eq!(f.rd(REG_TPR), u32::MAX);
+        assert_eq!(l.read_msr(0x808), Ok(tpr));
         // Disabling resets the registers; re-enabling goes to xAPIC mode.
         l.write_msr(MSR_IA32_APIC_BASE, 0xfee0_0000).unwrap();
         assert_eq!(l.pending(), None);

@@ -2,6 +2,7 @@
 pub mod apic_bus;
 pub mod bus;
 pub mod escape;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod ioapic;
 pub mod irq;
@@ -9,5 +10,6 @@ pub mod lapic;
 pub mod output;
 pub mod power;
 pub mod serial;
+pub mod testdev;
 pub mod tsc;
 pub mod virtio;

@@ -1,4 +1,6 @@
-//! `hvrun [OPTIONS] <KERNEL> [INITRD]`: boots a Linux kernel to its serial console.
+//! `hvrun [OPTIONS] <KERNEL> [INITRD]`: boots a Linux kernel (or a multiboot image) to
+//! its serial console.
+mod cmdline;
 mod console;
 mod disk_arg;
 mod mem_arg;
@@ -14,9 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm::dump::StateDump;
 use vmm::machine::{StopReason, Stopper};
-
-/// The kernel command line unless --cmdline replaces it: the console on COM1.
-const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
 /// Exit statuses (also in README.md).
 mod status {
@@ -37,12 +36,12 @@ mod status {
 #[command(
     version,
     about = "Boot a Linux kernel on Hypervisor.framework's raw VT-x API (on Linux: over KVM).",
-    after_help = "Examples:\n  hvrun bzImage initrd.cpio.gz\n  hvrun --mem 2G --append 'quiet' bzImage initrd.cpio.gz\n  hvrun --disk root.img --root --disk data.img,ro,serial=DATA bzImage\n  hvrun --exit-stats --cmdline 'console=ttyS0 acpi=off' vmlinux\n\nThe console is COM1 on your terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.\nExit status: 0 guest powered off, 1 error, 2 bad usage, 3 guest rebooted (or panicked with panic=-1), 4 guest crashed, 130 stopped from the host."
+    after_help = "Examples:\n  hvrun bzImage initrd.cpio.gz\n  hvrun --mem 2G --append 'quiet' bzImage initrd.cpio.gz\n  hvrun --disk root.img --root --disk data.img,ro,serial=DATA bzImage\n  hvrun --exit-stats --cmdline 'console=ttyS0 acpi=off' vmlinux\n\nThe console is COM1 on your terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.\nExit status: 0 guest powered off, 1 error, 2 bad usage, 3 guest rebooted (or panicked with panic=-1), 4 guest crashed, 130 stopped from the host.\nWith --testdev (kvm-unit-tests: hvrun --testdev --append 'ARGS' x86/apic.flat) a guest write of V to port 0xf4 exits with status (V << 1) | 1."
 )]
 struct Args {
-    /// The kernel: a bzImage or an uncompressed ELF vmlinux.
+    /// The kernel: a bzImage, an uncompressed ELF vmlinux, or a multiboot image.
     kernel: PathBuf,
-    /// An initramfs for the kernel.
+    /// An initramfs for the kernel (for a multiboot image: its module).
     initrd: Option<PathBuf>,
     /// Guest memory, e.g. 512M or 2G (128M to 256G).
     // Checked in main, not by clap: a bad size is status 1 and one line naming the value.
@@ -67,6 +66,10 @@ struct Args {
     /// Boot from the first disk: adds root=/dev/vda to the command line.
     #[arg(long, requires = "disk")]
     root: bool,
+    /// Add the test devices kvm-unit-tests uses (isa-debug-exit at 0xf4: the guest
+    /// sets hvrun's exit status; pc-testdev; fw_cfg).
+    #[arg(long)]
+    testdev: bool,
     /// Log level: error, warn, info, debug, trace (RUST_LOG also works).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -89,19 +92,14 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-    if args.root {
-        cmdline = format!("{cmdline} root=/dev/vda");
-    }
-    if let Some(extra) = &args.append {
-        cmdline = format!("{cmdline} {extra}");
-    }
+    let cmdline = cmdline::CmdlineArgs { cmdline: args.cmdline.clone(), root: args.root, append: args.append.clone() };
     let config = platform::Config {
         kernel: &args.kernel,
         initrd: args.initrd.as_deref(),
         mem_size,
         cmdline,
         disks: &args.disk,
+        testdev: args.testdev,
     };
 
     let stopper = Stopper::new();

@@ -1,6 +1,8 @@
 //! The PC hvrun emulates, put together: RAM, one vCPU with its local APIC, the IOAPIC,
-//! COM1, the ACPI power registers, the i8042's reset line, virtio-mmio disks, and a kernel
+//! COM1, the ACPI power registers, the i8042's reset line, virtio-mmio disks, with
+//! `--testdev` the test devices of kvm-unit-tests, and a kernel (Linux or multiboot)
 //! loaded into it.
+use crate::cmdline::CmdlineArgs;
 use crate::disk_arg::DiskSpec;
 use devices::apic_bus::ApicBus;
 use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
@@ -24,14 +26,19 @@ use vmm::machine::Stopper;
 use vmm::vcpu::VcpuConfig;
 use vmm::vm::Vm;
 
+/// vCPUs in the machine.
+const VCPUS: u32 = 1;
+
 /// What `hvrun` asks for.
 pub struct Config<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub mem_size: u64,
-    pub cmdline: String,
+    pub cmdline: CmdlineArgs,
     /// Disks in order: /dev/vda, /dev/vdb, ...
     pub disks: &'a [DiskSpec],
+    /// The test devices (devices::testdev).
+    pub testdev: bool,
 }
 
 /// A machine with its kernel loaded and its vCPU running.
@@ -64,6 +71,7 @@ impl Disks {
 pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> {
     // Files and sizes first: a bad path or size fails before anything is created.
     let mut kernel = boot::open_image("kernel", config.kernel).map_err(|e| e.to_string())?;
+    let kind = boot::detect(&mut kernel).map_err(|e| e.to_string())?;
     let mut initrd = match config.initrd {
         Some(path) => Some(boot::open_image("initrd", path).map_err(|e| e.to_string())?),
         None => None,
@@ -79,7 +87,10 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
     let slots: Vec<boot::VirtioMmioDevice> = disks.iter().map(|(slot, _)| *slot).collect();
     // Kernels without ACPI learn of the devices from the command line (the DSDT tells
     // the others; giving both makes Linux probe each device twice).
-    let mut cmdline = config.cmdline.clone();
+    let mut cmdline = match kind {
+        boot::ImageKind::Linux => config.cmdline.linux(),
+        boot::ImageKind::Multiboot(_) => config.cmdline.multiboot(config.kernel),
+    };
     if !slots.is_empty() && cmdline.split_whitespace().any(|w| w == "acpi=off") {
         cmdline = format!("{cmdline} {}", boot::virtio_mmio_cmdline(&slots));
     }
@@ -110,6 +121,11 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
         .map_err(bus_error)?;
     machine.pio.insert(I8042_DATA_PORT, 1, i8042.data_port()).map_err(bus_error)?;
     machine.pio.insert(I8042_COMMAND_PORT, 1, i8042.command_port()).map_err(bus_error)?;
+    if config.testdev {
+        let (pio, mmio) = (&mut machine.pio, &mut machine.mmio);
+        devices::testdev::install(pio, mmio, ioapic.clone(), stopper.clone(), config.mem_size, VCPUS as u16)
+            .map_err(bus_error)?;
+    }
     let mut running_disks = Vec::new();
     for (slot, block) in disks {
         let image = block.disk();
@@ -119,22 +135,27 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
         running_disks.push((transport, image));
     }
 
-    let info = boot::load_linux(
-        machine.ram.memory(),
-        config.mem_size,
-        &mut kernel,
-        initrd.as_mut().map(|f: &mut File| f),
-        &cmdline,
-        1,
-        &slots,
-    )
+    let memory = machine.ram.memory();
+    let entry = match kind {
+        boot::ImageKind::Linux => {
+            let initrd = initrd.as_mut().map(|f: &mut File| f);
+            boot::load_linux(memory, config.mem_size, &mut kernel, initrd, &cmdline, VCPUS, &slots).map(|b| b.entry)
+        }
+        boot::ImageKind::Multiboot(header) => {
+            // The module's string is its file name, as QEMU passes it.
+            let name = config.initrd.map(|p| p.display().to_string()).unwrap_or_default();
+            let module = initrd.as_mut().map(|f: &mut File| (f, name.as_str()));
+            boot::load_multiboot(memory, config.mem_size, &mut kernel, header, module, &cmdline, VCPUS, &slots)
+                .map(|b| b.entry)
+        }
+    }
     .map_err(|e| e.to_string())?;
 
     let dump = StateDump::new();
     dump.add_vcpu(0, waker.clone(), Some(lapic.clone()));
     dump.set_ioapic(ioapic.clone());
     lapic.spawn_timer_thread().map_err(|e| format!("cannot start the APIC timer: {e}"))?;
-    vm.start_vcpu(VcpuConfig { index: 0, entry: info.entry, irq: lapic.clone(), waker, lapic: Some(lapic.clone()) })
+    vm.start_vcpu(VcpuConfig { index: 0, entry, irq: lapic.clone(), waker, lapic: Some(lapic.clone()) })
         .map_err(|e| e.to_string())?;
     Ok(Running { vm, serial, output, lapic, disks: Disks(running_disks), dump })
 }

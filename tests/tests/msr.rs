@@ -236,7 +236,8 @@ fn pat_tsc_and_the_vendors_msrs_long_mode() {
             g.faults(msr::AMD_NB_CFG, Some(1 << 54));
             g.read(msr::IA32_BIOS_SIGN_ID, cpu.microcode.into());
             g.faults(msr::AMD_LS_CFG, None);
-            g.faults(msr::AMD_PERF_LEGACY_FIRST, None);
+            g.read(msr::AMD_PERF_LEGACY_FIRST, 0);
+            g.faults(msr::AMD_PERF_CORE_FIRST, None);
             g.faults(msr::IA32_MISC_ENABLE, None);
         }
         Vendor::Intel => {

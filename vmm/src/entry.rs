@@ -41,7 +41,11 @@ pub struct EntryState {
     pub rip: u64,
     pub rsp: u64,
     pub rflags: u64,
-    /// RAX..R15 in `hv_x86_reg_t` order (RAX, RCX, RDX, RBX, RSI, RDI, RSP is separate).
+    /// The general registers a boot protocol passes values in (the others start at 0):
+    /// RAX and RBX (multiboot: the magic and the information structure, Multiboot
+    /// specification 0.6.96 section 3.2), RSI (Linux: the zero page).
+    pub rax: u64,
+    pub rbx: u64,
     pub rsi: u64,
     pub cr0: u64,
     pub cr3: u64,
@@ -76,6 +80,8 @@ impl EntryState {
             rip: ip as u64,
             rsp: sp as u64,
             rflags: RFLAGS_FIXED,
+            rax: 0,
+            rbx: 0,
             rsi: 0,
             cr0: CR0_ET,
             cr3: 0,
@@ -175,6 +181,8 @@ impl EntryState {
         vcpu.write_reg(HV_X86_RIP, self.rip)?;
         vcpu.write_reg(HV_X86_RSP, self.rsp)?;
         vcpu.write_reg(HV_X86_RFLAGS, self.rflags | RFLAGS_FIXED)?;
+        vcpu.write_reg(HV_X86_RAX, self.rax)?;
+        vcpu.write_reg(HV_X86_RBX, self.rbx)?;
         vcpu.write_reg(HV_X86_RSI, self.rsi)?;
         Ok(())
     }

@@ -14,11 +14,14 @@ const RFLAGS_IF: u64 = 1 << 9;
 #[derive(Debug, Clone, Copy)]
 pub struct WindowControl {
     proc: u32,
+    /// An NMI was injected and no interrupt window has been seen since: NMIs count as
+    /// blocked (see [`before_entry`]).
+    nmi_soft_blocked: bool,
 }
 
 impl WindowControl {
     pub fn new(proc: u32) -> Self {
-        WindowControl { proc }
+        WindowControl { proc, nmi_soft_blocked: false }
     }
 
     fn set(&mut self, vcpu: &mut dyn VcpuRegs, open_wanted: bool) -> Result<(), HvError> {
@@ -59,11 +62,53 @@ pub fn interrupts_open(rflags: u64, blocking: u64) -> bool {
     rflags & RFLAGS_IF != 0 && blocking & shadow == 0
 }
 
-/// Injects the highest pending interrupt if the guest can take it, else opens the window.
-/// Returns the vector injected.
+/// Whether an NMI can be injected now: no blocking by NMI (the CPU sets it while an NMI
+/// handler runs, until IRET, SDM vol. 3, 6.7.1), and neither MOV SS nor STI blocking
+/// (26.3.1.5 forbids an NMI under MOV SS blocking; some processors under STI blocking).
+pub fn nmi_open(blocking: u64) -> bool {
+    let blocked = (Interruptibility::NMI | Interruptibility::MOV_SS | Interruptibility::STI).bits() as u64;
+    blocking & blocked == 0
+}
+
+/// The NMI vector and the entry field's NMI type (SDM vol. 3, 24.8.3).
+const NMI_VECTOR: u32 = 2;
+
+/// Injects a pending NMI if the guest can take one; returns whether it did.
+fn inject_nmi(vcpu: &mut dyn VcpuRegs, irq: &dyn LocalInterrupts, window: &mut WindowControl) -> Result<bool, HvError> {
+    let blocking = vcpu.read_vmcs(VMCS_GUEST_IGNORE_IRQ)?;
+    if window.nmi_soft_blocked && interrupts_open(vcpu.read_reg(HV_X86_RFLAGS)?, blocking) {
+        window.nmi_soft_blocked = false;
+    }
+    let queued = vcpu.read_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO)? as u32 & IRQ_INFO_VALID != 0;
+    if queued || window.nmi_soft_blocked || !nmi_open(blocking) {
+        return Ok(false);
+    }
+    vcpu.write_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_NMI | NMI_VECTOR) as u64)?;
+    irq.acknowledge_nmi();
+    window.nmi_soft_blocked = true;
+    Ok(true)
+}
+
+/// Injects a pending NMI, else the highest pending interrupt, if the guest can take it;
+/// otherwise opens the interrupt window. Returns the vector injected.
+///
+/// hvrun uses neither virtual NMIs nor NMI-window exiting, so it cannot see the IRET
+/// that ends an NMI handler. It does what KVM did on VMX without virtual NMIs ("soft"
+/// NMI blocking): after injecting an NMI it treats NMIs as blocked until the guest opens
+/// an interrupt window (RFLAGS.IF=1, no shadow), which the handler's IRET back to
+/// interruptible code, or the guest's next `sti`, gives. An NMI injected at just any
+/// later exit could land inside code the handler interrupted, holding a lock the next
+/// handler takes. Meanwhile the interrupt window is requested for it, and the run
+/// deadline bounds the wait otherwise.
 pub fn before_entry(vcpu: &mut dyn VcpuRegs, irq: &dyn LocalInterrupts, window: &mut WindowControl) -> Result<Option<u8>, HvError> {
+    let nmi_waiting = irq.nmi_pending();
+    if nmi_waiting && inject_nmi(vcpu, irq, window)? {
+        // An interrupt also pending waits for the window after the NMI's delivery.
+        window.set(vcpu, irq.pending().is_some())?;
+        return Ok(Some(NMI_VECTOR as u8));
+    }
     let Some(vector) = irq.pending() else {
-        window.set(vcpu, false)?;
+        window.set(vcpu, nmi_waiting)?;
         return Ok(None);
     };
     // The entry field holds one event; one queued already (an exception from a handler,
@@ -76,7 +121,7 @@ pub fn before_entry(vcpu: &mut dyn VcpuRegs, irq: &dyn LocalInterrupts, window: 
     }
     vcpu.write_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | vector as u32) as u64)?;
     irq.acknowledge(vector);
-    window.set(vcpu, false)?;
+    window.set(vcpu, nmi_waiting)?;
     Ok(Some(vector))
 }
 
@@ -93,6 +138,65 @@ mod tests {
             .field(VMCS_GUEST_IGNORE_IRQ, blocking)
             .field(VMCS_CTRL_VMENTRY_IRQ_INFO, 0)
             .field(VMCS_CTRL_CPU_BASED, 0x80)
+    }
+
+    /// A LAPIC stand-in with an NMI pending.
+    struct Nmi(std::sync::atomic::AtomicBool, Option<u8>);
+    impl LocalInterrupts for Nmi {
+        fn pending(&self) -> Option<u8> {
+            self.1
+        }
+        fn acknowledge(&self, _vector: u8) {}
+        fn nmi_pending(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn acknowledge_nmi(&self) {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn nmis_go_first_and_ignore_if_but_not_nmi_blocking() {
+        // IF clear: an NMI still goes in; an interrupt also pending waits for the window.
+        let nmi = Nmi(true.into(), Some(0x30));
+        let mut v = exit(0x2, 0);
+        let mut w = WindowControl::new(0x80);
+        assert_eq!(before_entry(&mut v, &nmi, &mut w).unwrap(), Some(2));
+        assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_IRQ_INFO], 0x8000_0202);
+        assert!(!nmi.nmi_pending());
+        assert_eq!(v.vmcs[&VMCS_CTRL_CPU_BASED], 0x84);
+        // In an NMI handler (blocking by NMI), under MOV SS or STI, or behind a queued
+        // event: it waits, with the interrupt window as its way out.
+        for (blocking, queued) in [(8, 0), (2, 0), (1, 0), (0, 0x8000_0b0e)] {
+            let nmi = Nmi(true.into(), None);
+            let mut v = exit(0x202, blocking).field(VMCS_CTRL_VMENTRY_IRQ_INFO, queued);
+            let mut w = WindowControl::new(0x80);
+            assert_eq!(before_entry(&mut v, &nmi, &mut w).unwrap(), None);
+            assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_IRQ_INFO], queued);
+            assert!(nmi.nmi_pending(), "still pending");
+            assert_eq!(v.vmcs[&VMCS_CTRL_CPU_BASED], 0x84);
+        }
+        // After an NMI, a second one waits for an interrupt window, even where the CPU
+        // no longer blocks NMIs (the handler's IRET is invisible to hvrun) ...
+        let nmi = Nmi(true.into(), None);
+        let mut w = WindowControl::new(0x80);
+        assert_eq!(before_entry(&mut exit(0x2, 0), &nmi, &mut w).unwrap(), Some(2));
+        nmi.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut v = exit(0x2, 0);
+        assert_eq!(before_entry(&mut v, &nmi, &mut w).unwrap(), None, "IF clear: no window yet");
+        assert_eq!(v.vmcs[&VMCS_CTRL_CPU_BASED], 0x84);
+        // ... and goes in once the guest can take interrupts.
+        let mut v = exit(0x202, 0);
+        assert_eq!(before_entry(&mut v, &nmi, &mut w).unwrap(), Some(2));
+        assert!(!nmi.nmi_pending());
+        // In an NMI handler with IF set, an interrupt still goes in; the NMI waits.
+        let nmi = Nmi(true.into(), Some(0x30));
+        let mut v = exit(0x202, 8);
+        let mut w = WindowControl::new(0x80);
+        assert_eq!(before_entry(&mut v, &nmi, &mut w).unwrap(), Some(0x30));
+        assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_IRQ_INFO], 0x8000_0030);
+        assert!(nmi.nmi_pending());
+        assert_eq!(v.vmcs[&VMCS_CTRL_CPU_BASED], 0x84, "the window stays open for the NMI");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod machine;
 pub mod memory;
 pub mod msr;
 pub mod regs;
+pub mod tpr;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;

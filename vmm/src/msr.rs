@@ -348,6 +348,12 @@ impl MsrState {
 
             // No memory-type extensions in the MTRRs, no TOP_MEM2, no memory encryption:
             // Linux's k8_check_syscfg_dram_mod_en() and early_detect_mem_encrypt() read it.
+            // AMD's legacy counters exist on every AMD64 CPU whatever CPUID says (APM vol.
+            // 2, 13.2.1), and guests program them without asking (kvm-unit-tests'
+            // pmu_init()); with no PMU they read 0 and never count, as under KVM without
+            // one. Linux's check_hw_exists() sees a write not stick and says "PMU not
+            // available due to virtualization".
+            AMD_PERF_LEGACY_FIRST..=AMD_PERF_LEGACY_LAST if amd => Value(0),
             AMD_SYSCFG if amd => Value(0),
             AMD_HWCR if amd => Value(HWCR_TSC_FREQ_SEL),
             AMD_NB_CFG if amd => Value(self.nb_cfg),
@@ -401,6 +407,7 @@ impl MsrState {
             }
             // Rewriting the value read is accepted (Linux's msr_set_bit() writes only on
             // a change); changing a bit would ask for hardware behaviour hvrun cannot give.
+            AMD_PERF_LEGACY_FIRST..=AMD_PERF_LEGACY_LAST if amd => Value(0),
             AMD_SYSCFG if amd && value == 0 => Value(0),
             AMD_HWCR if amd && value == HWCR_TSC_FREQ_SEL => Value(0),
             AMD_DE_CFG if amd && value == DE_CFG_LFENCE_SERIALIZE => Value(0),
@@ -432,9 +439,9 @@ fn deliberately_absent(model: &CpuModel, msr: u32) -> bool {
             // CPUID faulting and ring-3 MWAIT: init_intel_misc_features() probes it.
             | MSR_MISC_FEATURES_ENABLES),
         Vendor::Amd => matches!(msr,
-            // No PMU: Linux's check_hw_exists() probes the counters safely and says
-            // "PMU not available due to virtualization".
-            AMD_PERF_LEGACY_FIRST..=AMD_PERF_LEGACY_LAST | AMD_PERF_CORE_FIRST..=AMD_PERF_CORE_LAST
+            // No PMU: the core counters exist only with PerfCtrExtCore in CPUID; Linux's
+            // check_hw_exists() probes them safely.
+            AMD_PERF_CORE_FIRST..=AMD_PERF_CORE_LAST
             // Its SSBD bit would have to reach the host's LS_CFG: without it Linux's
             // bsp_init_amd() does not claim SSBD.
             | AMD_LS_CFG
@@ -600,7 +607,10 @@ mod tests {
         assert_eq!(s.read(&m, AMD_OSVW_ID_LENGTH), Value(0));
         let no_osvw = CpuModel { osvw: false, ..m };
         assert_eq!(s.read(&no_osvw, AMD_OSVW_ID_LENGTH), Fault, "not in CPUID");
-        for absent in [AMD_LS_CFG, AMD_FP_CFG, AMD_PERF_LEGACY_FIRST, AMD_PERF_CORE_LAST,
+        assert_eq!(s.write(&m, AMD_PERF_LEGACY_FIRST, 0x43_0076), Value(0));
+        assert_eq!(s.read(&m, AMD_PERF_LEGACY_FIRST), Value(0), "no PMU: nothing kept");
+        assert_eq!(s.read(&m, AMD_PERF_LEGACY_LAST), Value(0));
+        for absent in [AMD_LS_CFG, AMD_FP_CFG, AMD_PERF_CORE_LAST,
             IA32_FEATURE_CONTROL, MSR_PLATFORM_INFO, IA32_MISC_ENABLE, IA32_PLATFORM_ID]
         {
             assert_eq!(s.read(&m, absent), Fault, "{absent:#x}");

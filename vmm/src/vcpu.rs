@@ -21,6 +21,7 @@ use crate::irq::LocalInterrupts;
 use crate::kick::{self, Waker};
 use crate::machine::{Machine, StopReason};
 use crate::regs::{HvVcpu, VcpuRegs};
+use crate::tpr::TprSync;
 use crate::trace::{self, ExitStats};
 use devices::lapic::Lapic;
 use hvf_sys::vmcs::*;
@@ -89,6 +90,7 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
     let mut stats = ExitStats::default();
     let mut backstop = true;
     let mut exits = ExitCount::default();
+    let mut tpr = TprSync::default();
     loop {
         // From here on a kick interrupts this vCPU, so work published after the look
         // below is not missed (crate::kick).
@@ -98,6 +100,9 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
             break;
         }
         answer_dump_request(vcpu, config, &exits)?;
+        if let Some(lapic) = &config.lapic {
+            tpr.before_entry(vcpu, lapic)?;
+        }
         let injected = inject::before_entry(vcpu, config.irq.as_ref(), &mut window)?;
         let ret = run_guest(vcpu, &mut backstop);
         config.waker.left_guest();
@@ -105,6 +110,9 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
         HvError::check(ret)?;
 
         let reason = vcpu.read_vmcs(VMCS_RO_EXIT_REASON)? as u32;
+        if let Some(lapic) = &config.lapic {
+            tpr.after_exit(vcpu, lapic)?;
+        }
         let idt_vectoring = inject::reinject_interrupted_event(vcpu)?;
         let rip = vcpu.read_reg(HV_X86_RIP)?;
         exits.count(RecentExit { reason, rip, injected, idt_vectoring });
@@ -180,12 +188,17 @@ fn answer_dump_request(vcpu: &HvVcpu, config: &VcpuConfig, exits: &ExitCount) ->
     Ok(())
 }
 
-/// Sleeps after HLT until an interrupt can be delivered (RFLAGS.IF=1 and one pending),
-/// the next timer is due, or the machine stops. An event already queued for the next
+/// Sleeps after HLT until an interrupt can be delivered (RFLAGS.IF=1 and one pending), an
+/// NMI is pending, the next timer is due, or the machine stops. An event already queued for the next
 /// entry (one whose delivery an exit cut short, re-injected from the IDT-vectoring
 /// information) is delivered first: sleeping on it would lose it.
 fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig, exits: &ExitCount) -> Result<(), HvError> {
     if vcpu.read_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO)? as u32 & hvf_sys::vmx::IRQ_INFO_VALID != 0 {
+        return Ok(());
+    }
+    let irq = config.irq.as_ref();
+    // An NMI wakes HLT whatever RFLAGS.IF says.
+    if irq.nmi_pending() {
         return Ok(());
     }
     let interruptible = vcpu.read_reg(HV_X86_RFLAGS)? & (1 << 9) != 0;
@@ -196,9 +209,8 @@ fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig, exits: &ExitCount
         machine.stopper.stop(StopReason::Power(devices::power::PowerEvent::PowerOff));
         return Ok(());
     }
-    let irq = config.irq.as_ref();
     loop {
-        let ready = || machine.stopper.stopping() || irq.pending().is_some();
+        let ready = || machine.stopper.stopping() || irq.pending().is_some() || irq.nmi_pending();
         config.waker.sleep_until(irq.next_deadline(), ready);
         answer_dump_request(vcpu, config, exits)?;
         irq.poll_timers(Instant::now());

@@ -664,6 +664,12 @@ fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -
                 }
             }
             KVM_EXIT_SHUTDOWN => Ok(ExitInfo::simple(VMX_REASON_TRIPLE_FAULT)),
+            // Without an in-kernel LAPIC, KVM exits when the guest lowers CR8 (SVM's
+            // cr8_write_interception): an interrupt the TPR held back may now go in.
+            // VT-x without a TPR shadow does not exit here; presented as an
+            // external-interrupt exit (nothing to handle), the VMM takes the new CR8 and
+            // looks at its pending interrupts before the next entry.
+            KVM_EXIT_SET_TPR => Ok(ExitInfo::simple(VMX_REASON_IRQ)),
             KVM_EXIT_FAIL_ENTRY => {
                 let fail = unsafe { st.fd.get_kvm_run().__bindgen_anon_1.fail_entry };
                 log::error!("hvf-sys/linux: KVM_EXIT_FAIL_ENTRY, hardware reason {:#x}", fail.hardware_entry_failure_reason);

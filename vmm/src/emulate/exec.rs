@@ -105,6 +105,10 @@ enum StringOp {
     Lods,
     /// Copy seg:rSI to ES:rDI.
     Movs,
+    /// Compare seg:rSI with ES:rDI (flags of seg:rSI - ES:rDI).
+    Cmps,
+    /// Compare the accumulator with ES:rDI (flags of accumulator - ES:rDI).
+    Scas,
 }
 
 /// One instruction being carried out.
@@ -149,6 +153,13 @@ impl Exec<'_> {
             // operand kinds.
             Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq => {
                 self.string(StringOp::Movs)
+            }
+            // CMPSD is also the SSE2 compare; `string` refuses that form too.
+            Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq => {
+                self.string(StringOp::Cmps)
+            }
+            Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => {
+                self.string(StringOp::Scas)
             }
             _ => Err(self.unsupported("instruction not emulated")),
         }
@@ -486,13 +497,16 @@ impl Exec<'_> {
         self.finish()
     }
 
-    /// STOS, LODS, MOVS, optionally with REP (SDM vol. 2, each instruction and REP).
+    /// STOS, LODS, MOVS, CMPS, SCAS, optionally with REP (SDM vol. 2, each instruction
+    /// and REP/REPE/REPNE).
     ///
     /// The address size (from the operand kinds iced reports) picks SI/ESI/RSI,
     /// DI/EDI/RDI and CX/ECX/RCX; writing them through the 16- or 32-bit register gives
     /// the architectural wrap (16-bit) or zero-extension (32-bit in 64-bit mode). The
     /// destination is always ES:rDI; the source segment honours overrides. F2 (REPNE)
-    /// on these instructions repeats like F3, as the CPU does.
+    /// on STOS/LODS/MOVS repeats like F3, as the CPU does; CMPS and SCAS set the flags
+    /// of a subtraction (as CMP) and, repeated, also stop when ZF is 0 (REPE, F3) or 1
+    /// (REPNE, F2) after an iteration.
     fn string(&mut self, op: StringOp) -> Result<(), EmulateError> {
         let instr = self.instr;
         let kinds: Vec<OpKind> = (0..instr.op_count()).map(|i| instr.op_kind(i)).collect();
@@ -513,12 +527,14 @@ impl Exec<'_> {
             (StringOp::Stos, [dst, OpKind::Register]) => *dst,
             (StringOp::Lods, [OpKind::Register, src]) => *src,
             (StringOp::Movs, [dst, _src]) => *dst,
+            (StringOp::Cmps, [src, _dst]) => *src,
+            (StringOp::Scas, [OpKind::Register, dst]) => *dst,
             _ => return Err(self.unsupported("not a string form")),
         };
         let Some((si, di, cx)) = regs_for(address_kind) else {
             return Err(self.unsupported("not a string form"));
         };
-        if op == StringOp::Movs && kinds.get(1).copied().and_then(regs_for).is_none() {
+        if matches!(op, StringOp::Movs | StringOp::Cmps) && kinds.get(1).copied().and_then(regs_for).is_none() {
             return Err(self.unsupported("not a string form"));
         }
         let size = OpSize::from_bytes(instr.memory_size().size())
@@ -566,8 +582,20 @@ impl Exec<'_> {
                     let value = self.load(&from, size);
                     self.store(&to, size, value);
                 }
+                StringOp::Cmps => {
+                    let from = self.translate(src, size, Access::Read)?;
+                    let to = self.translate(dst, size, Access::Read)?;
+                    let (a, b) = (self.load(&from, size), self.load(&to, size));
+                    self.cpu.rflags = alu(AluOp::Sub, size, a, b, self.cpu.rflags).1;
+                }
+                StringOp::Scas => {
+                    let to = self.translate(dst, size, Access::Read)?;
+                    let b = self.load(&to, size);
+                    let a = read(self.cpu, accumulator);
+                    self.cpu.rflags = alu(AluOp::Sub, size, a, b, self.cpu.rflags).1;
+                }
             }
-            if op != StringOp::Stos {
+            if !matches!(op, StringOp::Stos | StringOp::Scas) {
                 let next = read(self.cpu, si).wrapping_add(step);
                 self.cpu.write_reg(si, next);
             }
@@ -580,6 +608,12 @@ impl Exec<'_> {
                 self.cpu.write_reg(cx, count);
             }
             done += 1;
+            if repeat && matches!(op, StringOp::Cmps | StringOp::Scas) {
+                let zf = self.cpu.rflags().contains(Rflags::ZF);
+                if zf == instr.has_repne_prefix() {
+                    break;
+                }
+            }
         }
         self.finish()
     }

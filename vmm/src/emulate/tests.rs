@@ -770,6 +770,44 @@ fn rep_stos_forward_and_backward() {
 }
 
 #[test]
+fn repe_cmps_and_repne_scas_stop_on_the_condition() {
+    let mut bus = TestBus::new();
+    bus.program_mmio(MMIO_BASE, b"abcXef");
+    let mut cpu = long_mode(&mut bus);
+    bus.put(0x20_0000, b"abcdef");
+    // REPE CMPSB: equal bytes go on, the first difference stops it (after counting it).
+    cpu.gprs[RSI] = MMIO_BASE;
+    cpu.gprs[RDI] = 0x20_0000;
+    cpu.gprs[RCX] = 6;
+    emulate(&mut cpu, &mut bus, &asm64(|a| a.repe().cmpsb()), MMIO_BASE).unwrap();
+    assert_eq!((cpu.gprs[RSI], cpu.gprs[RDI], cpu.gprs[RCX]), (MMIO_BASE + 4, 0x20_0004, 2));
+    assert_eq!(cpu.rflags & 0x8d5, 0x81, "'X' - 'd': ZF clear, CF and SF set");
+    assert_eq!(cpu.rip, CODE + 2);
+    // Equal all the way: RCX runs out with ZF set.
+    cpu.rip = CODE;
+    cpu.gprs[RSI] = MMIO_BASE;
+    cpu.gprs[RDI] = 0x20_0000;
+    cpu.gprs[RCX] = 3;
+    emulate(&mut cpu, &mut bus, &asm64(|a| a.repe().cmpsb()), MMIO_BASE).unwrap();
+    assert_eq!((cpu.gprs[RCX], cpu.rflags & 0x40), (0, 0x40));
+    // REPNE SCASB for 'X' in MMIO: stops on the match, ZF set; only RDI moves.
+    cpu.rip = CODE;
+    cpu.gprs[RAX] = u64::from(b'X');
+    cpu.gprs[RDI] = MMIO_BASE;
+    cpu.gprs[RSI] = 0x1234;
+    cpu.gprs[RCX] = 6;
+    emulate(&mut cpu, &mut bus, &asm64(|a| a.repne().scasb()), MMIO_BASE).unwrap();
+    assert_eq!((cpu.gprs[RDI], cpu.gprs[RCX], cpu.gprs[RSI]), (MMIO_BASE + 4, 2, 0x1234));
+    assert_eq!(cpu.rflags & 0x40, 0x40);
+    // One SCASW without REP: flags of AX - [rDI], RCX untouched.
+    cpu.rip = CODE;
+    cpu.gprs[RAX] = 0x6261; // "ab"
+    cpu.gprs[RDI] = MMIO_BASE;
+    emulate(&mut cpu, &mut bus, &asm64(|a| a.scasw()), MMIO_BASE).unwrap();
+    assert_eq!((cpu.gprs[RDI], cpu.gprs[RCX], cpu.rflags & 0x40), (MMIO_BASE + 2, 2, 0x40));
+}
+
+#[test]
 fn rep_movs_mmio_to_ram_and_back() {
     let mut bus = TestBus::new();
     bus.program_mmio(MMIO_BASE, &[1, 2, 3, 4, 5, 6, 7, 8]);
