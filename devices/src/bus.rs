@@ -9,6 +9,15 @@ use std::sync::Arc;
 
 /// A device on a bus. `offset` is relative to the start of the range it was inserted at;
 /// `data.len()` is the access size (1, 2, 4 or 8 bytes).
+/// The value of a bus write of 1 to 8 bytes, little-endian (x86 order); bytes past the
+/// eighth are ignored.
+pub fn le_value(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = data.len().min(8);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(bytes)
+}
+
 pub trait BusDevice: Send + Sync {
     fn read(&self, offset: u64, data: &mut [u8]);
     fn write(&self, offset: u64, data: &[u8]);
@@ -98,6 +107,13 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn le_value_of_narrow_and_wide_writes() {
+        assert_eq!(le_value(&[0x34, 0x12]), 0x1234);
+        assert_eq!(le_value(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), 0x0807_0605_0403_0201);
+        assert_eq!(le_value(&[]), 0);
+    }
     use std::sync::Mutex;
 
     /// Remembers the last write and answers reads with its offset.

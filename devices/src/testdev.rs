@@ -60,10 +60,8 @@ impl BusDevice for DebugExit {
     }
 
     fn write(&self, _offset: u64, data: &[u8]) {
-        let mut bytes = [0u8; 4];
-        let n = data.len().min(4);
-        bytes[..n].copy_from_slice(&data[..n]);
-        self.power.power_event(PowerEvent::Exit(exit_status(u32::from_le_bytes(bytes))));
+        // The port is 32 bits wide: a wider write keeps its low half.
+        self.power.power_event(PowerEvent::Exit(exit_status(crate::bus::le_value(data) as u32)));
     }
 }
 

@@ -380,10 +380,7 @@ impl BusDevice for ExitPort {
         data.fill(0);
     }
     fn write(&self, _offset: u64, data: &[u8]) {
-        let mut bytes = [0u8; 4];
-        let n = data.len().min(4);
-        bytes[..n].copy_from_slice(&data[..n]);
-        self.0.power_event(PowerEvent::Exit(u32::from_le_bytes(bytes)));
+        self.0.power_event(PowerEvent::Exit(devices::bus::le_value(data) as u32));
     }
 }
 
