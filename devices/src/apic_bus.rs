@@ -223,13 +223,35 @@ mod tests {
             lapic.read(0x270, &mut irr7);
             assert_ne!(u32::from_le_bytes(irr7) & (1 << (0xfb - 0xe0)), 0, "0xfb in every IRR");
         }
-        // INIT, INIT de-assert, SIPI.
+        // INIT, INIT de-assert, SIPI, SIPI: the AP takes the first SIPI only.
         icr(0, 1 << 24, 0x4500);
         icr(0, 1 << 24, 0x8500);
         icr(0, 1 << 24, 0x4608);
+        icr(0, 1 << 24, 0x4609);
+        assert!(m.lapics[1].init_pending());
         assert!(m.lapics[1].take_init());
         assert_eq!(m.lapics[1].take_sipi(), Some(0x08));
+        assert_eq!(m.lapics[1].take_sipi(), None, "the second SIPI is ignored");
         assert!(!m.lapics[2].take_init());
+        // An AP that never got INIT waits for a SIPI from power-up: it takes one.
+        icr(0, 2 << 24, 0x4610);
+        assert_eq!(m.lapics[2].take_sipi(), Some(0x10));
+        // Once running, a SIPI without an INIT before it does nothing.
+        icr(0, 2 << 24, 0x4611);
+        assert_eq!(m.lapics[2].take_sipi(), None);
+        // INIT to the BSP is dropped: there is no BIOS to restart it in.
+        icr(1, 0, 0x4500);
+        assert!(!m.lapics[0].init_pending());
+        // INIT resets the APIC's registers (its ID stays) when the vCPU takes it.
+        m.lapics[1].write(0x80, &0x20u32.to_le_bytes()); // TPR
+        icr(0, 1 << 24, 0x4500);
+        assert!(m.lapics[1].take_init());
+        let mut reg = [0u8; 4];
+        m.lapics[1].read(0x80, &mut reg);
+        assert_eq!(u32::from_le_bytes(reg), 0, "TPR back to its power-up value");
+        m.lapics[1].read(0xf0, &mut reg);
+        assert_eq!(u32::from_le_bytes(reg), 0xff, "software-disabled again");
+        assert_eq!(m.lapics[1].apic_id(), 1);
         // NMI.
         icr(2, 0, 0x4_0400); // Self shorthand with NMI: not allowed, dropped.
         assert!(!m.lapics[2].take_nmi());

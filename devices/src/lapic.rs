@@ -10,11 +10,11 @@
 //! Timer clock: the APIC timer counts at [`APIC_BUS_HZ`] (1 GHz: one count per ns at a
 //! divisor of one) divided by the divide configuration. Advertise it to the guest (e.g. CPUID leaf 0x15
 //! crystal clock, or 0x40000010 EBX in kHz) if the guest is to skip timer calibration.
+use crate::apic_timers::TimerSignal;
 use crate::irq::{Kick, LocalInterrupts};
 use crate::tsc::GuestTscClock;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Guest-physical base of the xAPIC MMIO page.
@@ -280,10 +280,13 @@ struct State {
     timer_divide: u32,
     timer: Timer,
     nmi_pending: bool,
+    /// An INIT arrived that the vCPU has not acted on yet ([`Lapic::take_init`]).
     init_pending: bool,
+    /// An AP that INIT (or power-up) left waiting for a start-up IPI: only then is a SIPI
+    /// accepted, so the second SIPI of INIT-SIPI-SIPI is ignored (SDM vol. 3, 9.4.4.1
+    /// and 11.6.1: "a SIPI is ignored unless the processor is in wait-for-SIPI").
+    wait_for_sipi: bool,
     sipi_pending: Option<u8>,
-    /// Asks the timer thread (if any) to exit.
-    timer_thread_stop: bool,
 }
 
 fn highest_bit(bits: &[u32; 8]) -> Option<u8> {
@@ -334,8 +337,8 @@ impl State {
             timer: Timer::default(),
             nmi_pending: false,
             init_pending: false,
+            wait_for_sipi: !bsp,
             sipi_pending: None,
-            timer_thread_stop: false,
         };
         s.reset_registers();
         s
@@ -446,14 +449,23 @@ impl State {
                 self.nmi_pending = true;
                 true
             }
+            // INIT to the BSP would restart it in the BIOS, which hvrun does not have.
+            DeliveryMode::Init if self.apic_base & APIC_BASE_BSP != 0 => {
+                log::warn!("lapic {}: ignoring INIT to the boot processor", self.id);
+                false
+            }
             DeliveryMode::Init => {
                 self.init_pending = true;
+                self.wait_for_sipi = true;
+                self.sipi_pending = None;
                 true
             }
-            DeliveryMode::Startup => {
+            DeliveryMode::Startup if self.wait_for_sipi => {
+                self.wait_for_sipi = false;
                 self.sipi_pending = Some(vector);
                 true
             }
+            DeliveryMode::Startup => false,
             DeliveryMode::InitDeassert | DeliveryMode::Smi | DeliveryMode::ExtInt | DeliveryMode::Reserved => {
                 log::debug!("lapic {}: dropping {mode:?} interrupt (vector {vector:#x})", self.id);
                 false
@@ -782,8 +794,8 @@ impl State {
 /// interrupts to it (IOAPIC, other vCPUs' IPIs) call it concurrently.
 pub struct Lapic {
     state: Mutex<State>,
-    /// Wakes the timer thread when the deadline changes.
-    timer_changed: Condvar,
+    /// Tells the timer thread (crate::apic_timers) that the deadline changed.
+    timer_signal: Arc<TimerSignal>,
     kick: Arc<dyn Kick>,
     router: Arc<dyn ApicRouter>,
     tsc: GuestTscClock,
@@ -794,7 +806,14 @@ impl Lapic {
     /// [`LAPIC_BASE`], software-disabled (SVR 0xff), every LVT masked.
     /// `apic_id` must match the MADT's; the BSP has `bsp` set.
     pub fn new(apic_id: u32, bsp: bool, kick: Arc<dyn Kick>, router: Arc<dyn ApicRouter>, tsc: GuestTscClock) -> Self {
-        Lapic { state: Mutex::new(State::new(apic_id, bsp)), timer_changed: Condvar::new(), kick, router, tsc }
+        let timer_signal = Arc::new(TimerSignal::default());
+        Lapic { state: Mutex::new(State::new(apic_id, bsp)), timer_signal, kick, router, tsc }
+    }
+
+    /// Served by the timer thread whose signal this is ([`crate::apic_timers::ApicTimers`]).
+    /// Without one, the timer fires only when the vCPU looks ([`LocalInterrupts::pending`]).
+    pub fn with_timer_signal(self, timer_signal: Arc<TimerSignal>) -> Self {
+        Lapic { timer_signal, ..self }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -842,43 +861,8 @@ impl Lapic {
 
     fn deadline_maybe_changed(&self, s: &State, before: Option<Instant>) {
         if s.next_deadline() != before {
-            self.timer_changed.notify_all();
+            self.timer_signal.notify();
         }
-    }
-
-    /// Starts a thread that fires this APIC's timer on time while the vCPU is running
-    /// guest code (the vCPU itself only looks at its timers when it exits or halts): it
-    /// sleeps until [`LocalInterrupts::next_deadline`], latches the interrupt and kicks
-    /// the vCPU out of the guest. It sleeps without a timeout while no timer is armed.
-    /// Stop it with [`Lapic::stop_timer_thread`].
-    pub fn spawn_timer_thread(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
-        let lapic = self.clone();
-        let name = format!("lapic{}-timer", self.apic_id());
-        thread::Builder::new().name(name).spawn(move || {
-            let mut s = lapic.lock();
-            while !s.timer_thread_stop {
-                let now = Instant::now();
-                match s.next_deadline() {
-                    None => s = lapic.timer_changed.wait(s).unwrap_or_else(|e| e.into_inner()),
-                    Some(deadline) if deadline > now => {
-                        s = lapic.timer_changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                    }
-                    Some(_) => {
-                        if s.expire(now) {
-                            drop(s);
-                            lapic.kick.kick();
-                            s = lapic.lock();
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Makes the thread of [`Lapic::spawn_timer_thread`] exit (join its handle after).
-    pub fn stop_timer_thread(&self) {
-        self.lock().timer_thread_stop = true;
-        self.timer_changed.notify_all();
     }
 
     /// In x2APIC mode: the VMM routes MSRs 0x800-0x8ff here, and the MMIO page is dead.
@@ -920,9 +904,29 @@ impl Lapic {
         std::mem::take(&mut self.lock().nmi_pending)
     }
 
-    /// A pending INIT, consumed: the VMM resets the vCPU and waits for a SIPI.
+    /// A pending INIT, consumed: the APIC's registers go back to their power-up state
+    /// (keeping its ID and IA32_APIC_BASE, SDM vol. 3, 11.4.7.3), and the VMM resets the
+    /// vCPU and waits for a SIPI. The reset happens here, on the vCPU's thread, so that
+    /// nothing the vCPU injected before it saw the INIT survives into the restarted AP.
     pub fn take_init(&self) -> bool {
-        std::mem::take(&mut self.lock().init_pending)
+        let mut s = self.lock();
+        if !std::mem::take(&mut s.init_pending) {
+            return false;
+        }
+        let before = s.next_deadline();
+        s.reset_registers();
+        self.deadline_maybe_changed(&s, before);
+        true
+    }
+
+    /// Whether a start-up IPI waits for [`Lapic::take_sipi`].
+    pub fn sipi_pending(&self) -> bool {
+        self.lock().sipi_pending.is_some()
+    }
+
+    /// Whether an INIT waits for [`Lapic::take_init`] (it wakes a halted vCPU).
+    pub fn init_pending(&self) -> bool {
+        self.lock().init_pending
     }
 
     /// A pending start-up IPI's vector, consumed: the AP starts at CS = vector << 8, IP 0.
@@ -1099,7 +1103,6 @@ impl LocalInterrupts for Lapic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::BusDevice;
     use std::sync::atomic::Ordering;
 
     use crate::irq::testing::CountKicks;
@@ -1513,27 +1516,6 @@ mod tests {
         f.wr(REG_LVT_TIMER, 0x30);
         assert_eq!(f.lapic.next_deadline(), None);
         assert_eq!(f.rd(REG_TIMER_INITIAL), 0);
-    }
-
-    #[test]
-    fn timer_thread_kicks_a_running_vcpu() {
-        let f = fixture(0);
-        let lapic = Arc::new(f.lapic);
-        let thread = lapic.spawn_timer_thread().unwrap();
-        lapic.write(u64::from(REG_SVR), &(SVR_ENABLE | 0xff).to_le_bytes());
-        lapic.write(u64::from(REG_TIMER_DIVIDE), &0xbu32.to_le_bytes());
-        lapic.write(u64::from(REG_LVT_TIMER), &0x40u32.to_le_bytes());
-        // Armed after the thread went to sleep with no deadline: the write wakes it.
-        lapic.write(u64::from(REG_TIMER_INITIAL), &100_000u32.to_le_bytes()); // 100 us.
-        // Nobody calls poll_timers or pending(): the thread must latch and kick.
-        let give_up = Instant::now() + Duration::from_secs(60);
-        while f.kicks.0.load(Ordering::SeqCst) == 0 && Instant::now() < give_up {
-            thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(f.kicks.0.load(Ordering::SeqCst), 1);
-        assert_eq!(lapic.lock().pending(), Some(0x40));
-        lapic.stop_timer_thread();
-        thread.join().unwrap();
     }
 
     #[test]

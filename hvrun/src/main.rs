@@ -47,6 +47,9 @@ struct Args {
     // Checked in main, not by clap: a bad size is status 1 and one line naming the value.
     #[arg(long, default_value = "512M")]
     mem: String,
+    /// vCPUs (1 to 64; no more than the host's hypervisor allows).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=platform::MAX_VCPUS as i64))]
+    cpus: u32,
     /// The whole kernel command line, replacing the default ("console=ttyS0").
     #[arg(long)]
     cmdline: Option<String>,
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         kernel: &args.kernel,
         initrd: args.initrd.as_deref(),
         mem_size,
+        cpus: args.cpus,
         cmdline,
         disks: &args.disk,
         testdev: args.testdev,
@@ -118,9 +122,9 @@ fn main() -> ExitCode {
     let dump = running.dump.clone();
     console::spawn_input(running.serial.clone(), move || quit.stop(StopReason::Host), move || print_dump(&dump));
 
-    let platform::Running { mut vm, output, lapic, disks, .. } = running;
+    let platform::Running { mut vm, output, irqchip, disks, .. } = running;
     let reason = vm.wait();
-    lapic.stop_timer_thread();
+    irqchip.stop_timers();
     disks.shutdown();
     output.drain(Duration::from_secs(2));
     terminal::restore_now();

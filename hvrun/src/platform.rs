@@ -1,13 +1,11 @@
-//! The PC hvrun emulates, put together: RAM, one vCPU with its local APIC, the IOAPIC,
+//! The PC hvrun emulates, put together: RAM, 1 to 64 vCPUs with a local APIC each, the IOAPIC,
 //! COM1, the ACPI power registers, the i8042's reset line, virtio-mmio disks, with
 //! `--testdev` the test devices of kvm-unit-tests, and a kernel (Linux or multiboot)
 //! loaded into it.
 use crate::cmdline::CmdlineArgs;
 use crate::disk_arg::DiskSpec;
-use devices::apic_bus::ApicBus;
 use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
-use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_SIZE};
-use devices::lapic::Lapic;
+use devices::ioapic::{IOAPIC_BASE, IOAPIC_SIZE};
 use devices::output::{ConsoleOutput, DEFAULT_OUTPUT_CAPACITY};
 use devices::power::{AcpiPmDevice, ACPI_PM_PORT_COUNT, ACPI_SLEEP_CONTROL_PORT};
 use devices::serial::{Serial, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT};
@@ -21,19 +19,22 @@ use std::sync::Arc;
 use vmm::clock::{host_tsc_hz, GuestClock};
 use vmm::cpuid::CpuidPolicy;
 use vmm::dump::StateDump;
-use vmm::kick::Waker;
+use vmm::irqchip::{IrqChip, VcpuInterrupts};
 use vmm::machine::Stopper;
-use vmm::vcpu::VcpuConfig;
+use vmm::vcpu::{Start, VcpuConfig};
 use vmm::vm::Vm;
 
-/// vCPUs in the machine.
-const VCPUS: u32 = 1;
+/// The most vCPUs hvrun gives a guest (`--cpus`): APIC IDs stay below 0xff, so xAPIC
+/// MADT entries and the MP table describe them all.
+pub const MAX_VCPUS: u32 = 64;
 
 /// What `hvrun` asks for.
 pub struct Config<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub mem_size: u64,
+    /// vCPUs, 1..=MAX_VCPUS (the command line checks the range).
+    pub cpus: u32,
     pub cmdline: CmdlineArgs,
     /// Disks in order: /dev/vda, /dev/vdb, ...
     pub disks: &'a [DiskSpec],
@@ -46,7 +47,8 @@ pub struct Running {
     pub vm: Vm,
     pub serial: Arc<Serial<ConsoleOutput>>,
     pub output: ConsoleOutput,
-    pub lapic: Arc<Lapic>,
+    /// The interrupt controller, whose timer thread stops after the vCPUs.
+    pub irqchip: Arc<IrqChip>,
     pub disks: Disks,
     /// The state dump (SIGUSR1, Ctrl-A i).
     pub dump: Arc<StateDump>,
@@ -77,6 +79,11 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
         None => None,
     };
     boot::check_mem_size(config.mem_size).map_err(|e| e.to_string())?;
+    let host_max = vmm::vm::max_vcpus().map_err(|e| format!("cannot ask the hypervisor how many vCPUs it allows: {e}"))?;
+    if u64::from(config.cpus) > host_max {
+        return Err(format!("--cpus {} is more than this host's hypervisor allows ({host_max})", config.cpus));
+    }
+    let vcpus = config.cpus;
     let mut disks = Vec::new();
     for (index, spec) in config.disks.iter().enumerate() {
         let slot = boot::virtio_mmio_slot(index)
@@ -96,16 +103,12 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
     }
 
     let tsc_hz = host_tsc_hz();
-    let cpuid = CpuidPolicy::new(1, true).with_kvmclock(tsc_hz);
+    let cpuid = CpuidPolicy::new(vcpus, true).with_kvmclock(tsc_hz);
     let clock = GuestClock::start(tsc_hz);
     let mut vm = Vm::with_clock(config.mem_size, cpuid, stopper.clone(), clock).map_err(|e| e.to_string())?;
 
-    let apic_bus = Arc::new(ApicBus::new());
-    let ioapic = Arc::new(Ioapic::new(apic_bus.clone()));
-    apic_bus.set_ioapic(&ioapic);
-    let waker = Arc::new(Waker::new());
-    let lapic = Arc::new(Lapic::new(0, true, waker.clone(), apic_bus.clone(), clock.tsc_clock()));
-    apic_bus.add_lapic(&lapic);
+    let irqchip = Arc::new(IrqChip::new(vcpus, clock.tsc_clock()));
+    let ioapic = irqchip.ioapic().clone();
 
     let output = ConsoleOutput::spawn(std::io::stdout(), DEFAULT_OUTPUT_CAPACITY).map_err(|e| format!("cannot start the console: {e}"))?;
     let serial = Arc::new(Serial::new(ioapic.clone(), COM1_IRQ, output.clone()));
@@ -123,7 +126,7 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
     machine.pio.insert(I8042_COMMAND_PORT, 1, i8042.command_port()).map_err(bus_error)?;
     if config.testdev {
         let (pio, mmio) = (&mut machine.pio, &mut machine.mmio);
-        devices::testdev::install(pio, mmio, ioapic.clone(), stopper.clone(), config.mem_size, VCPUS as u16)
+        devices::testdev::install(pio, mmio, ioapic.clone(), stopper.clone(), config.mem_size, vcpus as u16)
             .map_err(bus_error)?;
     }
     let mut running_disks = Vec::new();
@@ -139,23 +142,31 @@ pub fn start(config: &Config, stopper: Arc<Stopper>) -> Result<Running, String> 
     let entry = match kind {
         boot::ImageKind::Linux => {
             let initrd = initrd.as_mut().map(|f: &mut File| f);
-            boot::load_linux(memory, config.mem_size, &mut kernel, initrd, &cmdline, VCPUS, &slots).map(|b| b.entry)
+            boot::load_linux(memory, config.mem_size, &mut kernel, initrd, &cmdline, vcpus, &slots).map(|b| b.entry)
         }
         boot::ImageKind::Multiboot(header) => {
             // The module's string is its file name, as QEMU passes it.
             let name = config.initrd.map(|p| p.display().to_string()).unwrap_or_default();
             let module = initrd.as_mut().map(|f: &mut File| (f, name.as_str()));
-            boot::load_multiboot(memory, config.mem_size, &mut kernel, header, module, &cmdline, VCPUS, &slots)
+            boot::load_multiboot(memory, config.mem_size, &mut kernel, header, module, &cmdline, vcpus, &slots)
                 .map(|b| b.entry)
         }
     }
     .map_err(|e| e.to_string())?;
 
     let dump = StateDump::new();
-    dump.add_vcpu(0, waker.clone(), Some(lapic.clone()));
+    for index in 0..vcpus {
+        dump.add_vcpu(index, irqchip.waker(index).clone(), Some(irqchip.lapic(index).clone()));
+    }
     dump.set_ioapic(ioapic.clone());
-    lapic.spawn_timer_thread().map_err(|e| format!("cannot start the APIC timer: {e}"))?;
-    vm.start_vcpu(VcpuConfig { index: 0, entry, irq: lapic.clone(), waker, lapic: Some(lapic.clone()) })
-        .map_err(|e| e.to_string())?;
-    Ok(Running { vm, serial, output, lapic, disks: Disks(running_disks), dump })
+    irqchip.start_timers().map_err(|e| format!("cannot start the APIC timer thread: {e}"))?;
+    for index in 0..vcpus {
+        // The BSP starts where the boot protocol says; the APs wait for the guest's
+        // INIT-SIPI-SIPI (vmm::startup).
+        let start = if index == 0 { Start::At(Box::new(entry.clone())) } else { Start::WaitForSipi };
+        let interrupts = VcpuInterrupts::Lapic(irqchip.lapic(index).clone());
+        let waker = irqchip.waker(index).clone();
+        vm.start_vcpu(VcpuConfig { index, start, interrupts, waker }).map_err(|e| e.to_string())?;
+    }
+    Ok(Running { vm, serial, output, irqchip, disks: Disks(running_disks), dump })
 }

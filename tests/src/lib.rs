@@ -28,7 +28,8 @@ use vmm::entry::EntryState;
 use vmm::irq::VectorLatch;
 use vmm::kick::Waker;
 use vmm::machine::{StopReason, Stopper};
-use vmm::vcpu::VcpuConfig;
+use vmm::irqchip::VcpuInterrupts;
+use vmm::vcpu::{Start, VcpuConfig};
 use vmm::vm::Vm;
 
 pub use iced_x86;
@@ -638,7 +639,12 @@ impl TestMachine {
     pub fn start(&mut self) {
         assert!(!self.started, "started twice");
         self.started = true;
-        let config = VcpuConfig { index: 0, entry: self.entry.clone(), irq: self.irq.clone(), waker: self.waker.clone(), lapic: None };
+        let config = VcpuConfig {
+            index: 0,
+            start: Start::At(Box::new(self.entry.clone())),
+            interrupts: VcpuInterrupts::Other(self.irq.clone()),
+            waker: self.waker.clone(),
+        };
         self.vm.start_vcpu(config).unwrap_or_else(|e| panic!("start_vcpu: {e}"));
     }
 

@@ -42,6 +42,10 @@ mod bits {
     pub const ECX7_RDPID: u32 = 1 << 22;
     /// Leaf 0x8000_0001 ECX: SVM 2.
     pub const ECX81_SVM: u32 = 1 << 2;
+    /// AMD: CmpLegacy (cores are reported in 0x8000_0008 ECX) and TopologyExtensions
+    /// (leaf 0x8000_001E, whose host values would describe the host's packages).
+    pub const ECX81_CMP_LEGACY: u32 = 1 << 1;
+    pub const ECX81_TOPOEXT: u32 = 1 << 22;
     /// Leaf 0x8000_0001 EDX: RDTSCP 27.
     pub const EDX81_RDTSCP: u32 = 1 << 27;
     /// Leaf 0xD.1 EAX: XSAVEOPT 0, XSAVEC 1, XGETBV with ECX=1 2 are shown as the host
@@ -116,6 +120,17 @@ impl CpuidPolicy {
         CpuidPolicy { vcpus, lapic, kvmclock: false, tsc_hz: 0, phys_addr_bits, rdtscp: false, invpcid: false }
     }
 
+    /// Bits of the APIC ID that number the cores (leaf 0xB's shift): enough for
+    /// `vcpus` IDs.
+    fn apic_id_bits(&self) -> u32 {
+        self.vcpus.max(1).next_power_of_two().trailing_zeros()
+    }
+
+    /// How many vCPUs the guest is told it has.
+    pub fn vcpus(&self) -> u32 {
+        self.vcpus
+    }
+
     /// Shows RDTSCP/RDPID and INVPCID only if the controls enable them.
     pub fn with_controls(self, controls: &crate::controls::Controls) -> Self {
         CpuidPolicy { rdtscp: controls.rdtscp(), invpcid: controls.invpcid(), ..self }
@@ -157,8 +172,11 @@ impl CpuidPolicy {
                 // EBX: initial APIC ID 31:24, logical processors 23:16, CLFLUSH size kept.
                 b = (b & 0xffff) | (self.vcpus.min(255) << 16) | (index.min(255) << 24);
             }
-            // Cache topology: one core per package sharing nothing beyond what the host says.
-            4 => a &= 0x3ff,
+            // Deterministic cache parameters: every cache private to its core (EAX 25:14 =
+            // 0), `vcpus` cores per package (EAX 31:26, the APIC-ID space rounded up to a
+            // power of two, as leaf 0xB's shift says), so both leaves agree.
+            4 if a & 0x1f != 0 => a = (a & 0x3ff) | ((self.vcpus.max(1).next_power_of_two() - 1) << 26),
+            4 => {}
             // Thermal/power management and the PMU are not emulated.
             5 | 6 | 0xa => [a, b, c, d] = [0; 4],
             7 if subleaf == 0 => {
@@ -176,15 +194,23 @@ impl CpuidPolicy {
             0xb => {
                 [a, b, c, d] = match subleaf {
                     0 => [0, 1, 0x100, index],
-                    1 => [32 - self.vcpus.max(1).leading_zeros(), self.vcpus, 0x201, index],
+                    1 => [self.apic_id_bits(), self.vcpus, 0x201, index],
                     _ => [0, 0, subleaf, index],
                 };
             }
-            0x8000_0008 => b &= !EBX88_HIDDEN,
+            // AMD's core count: ECX 7:0 = cores - 1, 15:12 = APIC-ID bits for the core.
+            0x8000_0008 => {
+                b &= !EBX88_HIDDEN;
+                c = (c & !0xf0ff) | (self.vcpus.max(1) - 1) | (self.apic_id_bits() << 12);
+            }
+            0x8000_001e => [a, b, c, d] = [0; 4],
             // SVM's own features: no SVM is shown.
             0x8000_000a => [a, b, c, d] = [0; 4],
             0x8000_0001 => {
-                c &= !ECX81_SVM;
+                c &= !(ECX81_SVM | ECX81_TOPOEXT | ECX81_CMP_LEGACY);
+                if self.vcpus > 1 {
+                    c |= ECX81_CMP_LEGACY;
+                }
                 if !self.rdtscp {
                     d &= !EDX81_RDTSCP;
                 }
@@ -269,6 +295,32 @@ fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topology_leaves_agree_per_vcpu() {
+        let policy = CpuidPolicy::new(3, true);
+        let view = &GuestView::RESET;
+        for index in 0..3 {
+            assert_eq!(policy.leaf(index, 1, 0, view)[1] >> 24, index, "leaf 1 EBX[31:24]");
+            assert_eq!(policy.leaf(index, 0xb, 0, view)[3], index, "leaf 0xB EDX, SMT level");
+            assert_eq!(policy.leaf(index, 0xb, 1, view)[3], index, "leaf 0xB EDX, core level");
+        }
+        let [shift, count, level, _] = policy.leaf(0, 0xb, 1, view);
+        assert_eq!((shift, count, level), (2, 3, 0x201), "3 cores need 2 bits of APIC ID");
+        let [shift, count, ..] = policy.leaf(0, 0xb, 0, view);
+        assert_eq!((shift, count), (0, 1), "one thread per core");
+        let l1 = policy.leaf(0, 4, 0, view)[0];
+        if l1 & 0x1f != 0 {
+            assert_eq!(l1 >> 26, 3, "cores per package, rounded to the APIC-ID space");
+            assert_eq!((l1 >> 14) & 0xfff, 0, "no cache shared between cores");
+        }
+        let ecx = policy.leaf(0, 0x8000_0008, 0, view)[2];
+        assert_eq!((ecx & 0xff, (ecx >> 12) & 0xf), (2, 2), "AMD: 3 cores, 2 APIC-ID bits");
+        assert_eq!(policy.leaf(0, 0x8000_0001, 0, view)[2] & (1 << 22), 0, "no TOPOEXT");
+        assert_eq!(policy.leaf(0, 0x8000_001e, 0, view), [0; 4]);
+        let one = CpuidPolicy::new(1, true);
+        assert_eq!(one.leaf(0, 0x8000_0001, 0, view)[2] & 2, 0, "no CmpLegacy with one core");
+    }
 
     #[test]
     fn hides_vmx_and_shows_a_hypervisor() {

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod host;
 pub mod inject;
 pub mod irq;
+pub mod irqchip;
 pub mod kick;
 #[cfg(test)]
 mod kick_model;
@@ -18,6 +19,7 @@ pub mod machine;
 pub mod memory;
 pub mod msr;
 pub mod regs;
+pub mod startup;
 pub mod tpr;
 pub mod trace;
 pub mod vcpu;

@@ -8,7 +8,7 @@ use crate::trace::ExitStats;
 use devices::bus::Bus;
 use devices::power::{PowerControl, PowerEvent};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Why the machine stopped.
@@ -84,6 +84,32 @@ impl PowerControl for Stopper {
     }
 }
 
+/// Counts the vCPUs that cannot run until something outside them acts: halted with
+/// interrupts disabled (only an NMI or INIT wakes them, SDM vol. 3, 9.1 / 6.7) or an AP
+/// waiting for its start-up IPI. When every vCPU is parked nothing can ever run again:
+/// that is how a kernel without ACPI powers off (Linux's `machine_halt` with
+/// `acpi=off`: the other CPUs stop with interrupts off, then the last one halts).
+pub struct Parking {
+    vcpus: u32,
+    parked: AtomicU32,
+}
+
+impl Parking {
+    pub fn new(vcpus: u32) -> Self {
+        Parking { vcpus: vcpus.max(1), parked: AtomicU32::new(0) }
+    }
+
+    /// A vCPU parks. Returns true if it was the last one that could run.
+    pub fn park(&self) -> bool {
+        self.parked.fetch_add(1, Ordering::SeqCst) + 1 >= self.vcpus
+    }
+
+    /// A parked vCPU was woken (an NMI, INIT or SIPI) and runs again.
+    pub fn unpark(&self) {
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Everything the vCPU threads share.
 pub struct Machine {
     pub ram: GuestRam,
@@ -92,6 +118,7 @@ pub struct Machine {
     pub cpuid: CpuidPolicy,
     pub clock: GuestClock,
     pub stopper: Arc<Stopper>,
+    pub parking: Parking,
     /// Exit counts and times of the vCPUs that have finished.
     pub stats: Mutex<ExitStats>,
 }

@@ -1,5 +1,6 @@
 //! A vCPU thread: create the vCPU on this thread (the framework ties a vCPU to the
-//! thread that created it), write its VMCS, then run the loop:
+//! thread that created it), write its VMCS, then run the loop (an AP first waits for its
+//! start-up IPI, crate::startup, and again after every INIT):
 //!
 //! ```text
 //! loop {
@@ -17,27 +18,34 @@ use crate::entry::EntryState;
 use crate::exit::{self, Action, ExitContext, VcpuState};
 use crate::inject::{self, WindowControl};
 use crate::dump::{RecentExit, VcpuSnapshot};
-use crate::irq::LocalInterrupts;
+use crate::irqchip::VcpuInterrupts;
 use crate::kick::{self, Waker};
+use crate::startup::{self, Woken};
 use crate::machine::{Machine, StopReason};
 use crate::regs::{HvVcpu, VcpuRegs};
 use crate::tpr::TprSync;
 use crate::trace::{self, ExitStats};
-use devices::lapic::Lapic;
 use hvf_sys::vmcs::*;
 use hvf_sys::*;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How a vCPU begins.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// The boot processor: in the state the boot protocol hands over.
+    At(Box<EntryState>),
+    /// An application processor: in wait-for-SIPI (it needs a local APIC).
+    WaitForSipi,
+}
+
 /// What a vCPU thread starts with.
 pub struct VcpuConfig {
     pub index: u32,
-    pub entry: EntryState,
-    pub irq: Arc<dyn LocalInterrupts>,
+    pub start: Start,
+    pub interrupts: VcpuInterrupts,
+    /// Gets this vCPU to look at its interrupts (out of the guest, out of HLT).
     pub waker: Arc<Waker>,
-    /// The vCPU's local APIC, when the machine has one: its page at 0xfee00000 and its
-    /// MSRs belong to this vCPU alone. (`irq` is then the same APIC.)
-    pub lapic: Option<Arc<Lapic>>,
 }
 
 /// The body of a vCPU thread. Whatever ends it is reported to the machine's stopper.
@@ -67,7 +75,9 @@ fn fatal(message: String, dump: String) -> StopReason {
 fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<Controls, HvError> {
     let written = controls.write(vcpu)?;
     vcpu.write_vmcs(VMCS_CTRL_TSC_OFFSET, machine.clock.tsc_offset)?;
-    config.entry.write(vcpu, &written)?;
+    if let Start::At(entry) = &config.start {
+        entry.write(vcpu, &written)?;
+    }
     for &msr in crate::msr::NATIVE_MSRS {
         // SAFETY: plain values, on the owning thread.
         HvError::check(unsafe { hv_vcpu_enable_native_msr(vcpu.id, msr, true) })?;
@@ -85,13 +95,28 @@ fn setup(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &Vcp
 }
 
 fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &VcpuConfig) -> Result<(), HvError> {
-    let mut state = VcpuState { index: config.index, lapic: config.lapic.clone(), ..Default::default() };
+    let lapic = config.interrupts.lapic();
+    let irq = config.interrupts.local();
+    let mut state = VcpuState { index: config.index, lapic: lapic.cloned(), ..Default::default() };
     let mut window = WindowControl::new(controls.proc);
     let mut stats = ExitStats::default();
     let mut backstop = true;
     let mut exits = ExitCount::default();
     let mut tpr = TprSync::default();
+    let mut started = matches!(config.start, Start::At(_));
     loop {
+        if let Some(lapic) = lapic {
+            // INIT (only an AP's APIC accepts one) sends the vCPU back to wait-for-SIPI.
+            started &= !lapic.take_init();
+            if !started {
+                match startup::wait_for_sipi(machine, lapic, &config.waker, || answer_dump_request(vcpu, config, &exits))? {
+                    Woken::Sipi(vector) => startup::start_at_sipi(vcpu, controls, vector)?,
+                    Woken::Stopping => break,
+                }
+                tpr = TprSync::default();
+                started = true;
+            }
+        }
         // From here on a kick interrupts this vCPU, so work published after the look
         // below is not missed (crate::kick).
         config.waker.entering_guest();
@@ -100,17 +125,17 @@ fn run_loop(vcpu: &mut HvVcpu, machine: &Machine, controls: &Controls, config: &
             break;
         }
         answer_dump_request(vcpu, config, &exits)?;
-        if let Some(lapic) = &config.lapic {
+        if let Some(lapic) = lapic {
             tpr.before_entry(vcpu, lapic)?;
         }
-        let injected = inject::before_entry(vcpu, config.irq.as_ref(), &mut window)?;
+        let injected = inject::before_entry(vcpu, irq, &mut window)?;
         let ret = run_guest(vcpu, &mut backstop);
         config.waker.left_guest();
         let exited = Instant::now();
         HvError::check(ret)?;
 
         let reason = vcpu.read_vmcs(VMCS_RO_EXIT_REASON)? as u32;
-        if let Some(lapic) = &config.lapic {
+        if let Some(lapic) = lapic {
             tpr.after_exit(vcpu, lapic)?;
         }
         let idt_vectoring = inject::reinject_interrupted_event(vcpu)?;
@@ -189,33 +214,39 @@ fn answer_dump_request(vcpu: &HvVcpu, config: &VcpuConfig, exits: &ExitCount) ->
 }
 
 /// Sleeps after HLT until an interrupt can be delivered (RFLAGS.IF=1 and one pending), an
-/// NMI is pending, the next timer is due, or the machine stops. An event already queued for the next
-/// entry (one whose delivery an exit cut short, re-injected from the IDT-vectoring
-/// information) is delivered first: sleeping on it would lose it.
+/// NMI or INIT is pending, or the machine stops. The APIC timer thread latches timer
+/// interrupts and kicks, so the sleep needs no deadline of its own. An event already
+/// queued for the next entry (one whose delivery an exit cut short, re-injected from the
+/// IDT-vectoring information) is delivered first: sleeping on it would lose it.
+///
+/// With RFLAGS.IF=0 only an NMI or INIT can wake the vCPU: it parks, and when every
+/// vCPU is parked the machine is off (crate::machine::Parking).
 fn halt(vcpu: &HvVcpu, machine: &Machine, config: &VcpuConfig, exits: &ExitCount) -> Result<(), HvError> {
     if vcpu.read_vmcs(VMCS_CTRL_VMENTRY_IRQ_INFO)? as u32 & hvf_sys::vmx::IRQ_INFO_VALID != 0 {
         return Ok(());
     }
-    let irq = config.irq.as_ref();
-    // An NMI wakes HLT whatever RFLAGS.IF says.
-    if irq.nmi_pending() {
+    let irq = config.interrupts.local();
+    let lapic = config.interrupts.lapic();
+    let init = || lapic.is_some_and(|l| l.init_pending());
+    // An NMI wakes HLT whatever RFLAGS.IF says; so does INIT.
+    if irq.nmi_pending() || init() {
         return Ok(());
     }
     let interruptible = vcpu.read_reg(HV_X86_RFLAGS)? & (1 << 9) != 0;
-    if !interruptible {
-        // Nothing can wake this vCPU: hvrun's machines have one vCPU and no NMI source.
-        // It is how a kernel without ACPI powers off (Linux's machine_halt with acpi=off).
-        log::info!("vCPU {} halted with interrupts disabled: the machine is off", config.index);
+    let ready = || {
+        machine.stopper.stopping() || irq.nmi_pending() || init() || (interruptible && irq.pending().is_some())
+    };
+    let parked = !interruptible;
+    if parked && machine.parking.park() {
+        log::info!("vCPU {} halted with interrupts disabled, the last one running: the machine is off", config.index);
         machine.stopper.stop(StopReason::Power(devices::power::PowerEvent::PowerOff));
-        return Ok(());
     }
-    loop {
-        let ready = || machine.stopper.stopping() || irq.pending().is_some() || irq.nmi_pending();
-        config.waker.sleep_until(irq.next_deadline(), ready);
+    while !ready() {
+        config.waker.sleep_until(None, ready);
         answer_dump_request(vcpu, config, exits)?;
-        irq.poll_timers(Instant::now());
-        if ready() {
-            return Ok(());
-        }
     }
+    if parked {
+        machine.parking.unpark();
+    }
+    Ok(())
 }

@@ -40,6 +40,15 @@ impl fmt::Display for VmError {
 
 impl std::error::Error for VmError {}
 
+/// The most vCPUs the hypervisor gives one VM (`HV_CAP_VCPUMAX`; on Linux, KVM's
+/// KVM_CAP_MAX_VCPUS).
+pub fn max_vcpus() -> Result<u64, HvError> {
+    let mut max = 0;
+    // SAFETY: `max` outlives the call.
+    HvError::check(unsafe { hv_capability(HV_CAP_VCPUMAX, &mut max) })?;
+    Ok(max)
+}
+
 pub struct Vm {
     machine: Arc<Machine>,
     controls: Controls,
@@ -62,7 +71,8 @@ impl Vm {
             let caps = Capabilities::read().map_err(|e| VmError::Hv("hv_vmx_read_capability", e))?;
             let controls = Controls::from_capabilities(&caps).map_err(VmError::Controls)?;
             let cpuid = cpuid.with_controls(&controls);
-            let machine = Machine { ram, pio: Bus::new(), mmio: Bus::new(), cpuid, clock, stopper, stats: Mutex::default() };
+            let parking = crate::machine::Parking::new(cpuid.vcpus());
+            let machine = Machine { ram, pio: Bus::new(), mmio: Bus::new(), cpuid, clock, stopper, parking, stats: Mutex::default() };
             machine.ram.map_into_vm().map_err(VmError::Memory)?;
             Ok(Vm { machine: Arc::new(machine), controls, threads: Vec::new() })
         };

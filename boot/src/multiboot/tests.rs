@@ -25,7 +25,10 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, data: &[u8]) -> Self {
-        let path = std::env::temp_dir().join(format!("hvrun-multiboot-{}-{name}", std::process::id()));
+        // Unique per file: the tests run in parallel threads of one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hvrun-multiboot-{}-{n}-{name}", std::process::id()));
         File::create(&path).unwrap().write_all(data).unwrap();
         TempFile(path)
     }

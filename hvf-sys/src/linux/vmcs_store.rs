@@ -314,6 +314,19 @@ impl VcpuState {
         }
     }
 
+    /// KVM executes MOV to CR0 itself, so the exit in which a VMM on VT-x sees the guest
+    /// enter IA-32e mode never reaches hvrun here. At that exit the VMM must turn a
+    /// 16-bit busy TSS in TR (an AP fresh from real mode) into a 64-bit one, which is all
+    /// VM entry accepts in IA-32e mode (SDM 27.3.1.2; `vmm::exit::cr` does it on a Mac):
+    /// the layer does it on hvrun's behalf, once the guest is in IA-32e mode.
+    fn stand_in_for_the_cr0_exit(&mut self) {
+        let tr = &mut self.fd.sync_regs_mut().sregs.tr;
+        if tr.type_ == AR_TYPE_TSS16_BUSY as u8 {
+            tr.type_ = AR_TYPE_TSS32_BUSY as u8;
+            self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        }
+    }
+
     /// After every exit: the VM-exit information fields, and "IA-32e mode guest" from
     /// EFER.LMA as a VM exit stores it (SDM 28.2 / 27.2, "Updating VM-entry controls").
     pub fn record_exit(&mut self, exit: &ExitInfo) {
@@ -322,6 +335,9 @@ impl VcpuState {
         let entry = self.field(VMCS_CTRL_VMENTRY_CONTROLS);
         let ia32e = EntryControls::GUEST_IA32E.bits() as u64;
         self.set_field(VMCS_CTRL_VMENTRY_CONTROLS, if lma { entry | ia32e } else { entry & !ia32e });
+        if lma {
+            self.stand_in_for_the_cr0_exit();
+        }
         self.set_field(VMCS_RO_EXIT_REASON, exit.reason as u64);
         self.set_field(VMCS_RO_EXIT_QUALIFIC, exit.qualification);
         self.set_field(VMCS_GUEST_PHYSICAL_ADDRESS, exit.gpa);

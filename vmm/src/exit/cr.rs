@@ -105,6 +105,14 @@ fn write_cr0(ctx: &mut ExitContext, value: u64) -> Result<bool, HvError> {
     let entry = ctx.vcpu.read_vmcs(VMCS_CTRL_VMENTRY_CONTROLS)?;
     let ia32e = EntryControls::GUEST_IA32E.bits() as u64;
     let (efer, entry) = if value & CR0_PG != 0 && efer & EFER_LME != 0 {
+        // In IA-32e mode VM entry accepts only a 64-bit busy TSS in TR (SDM 27.3.1.2),
+        // but a CPU may enter long mode holding the 16-bit TSS of real mode, as an AP
+        // leaving its start-up trampoline does: the guest loads its own TR before any
+        // use of it, so the type is corrected here (KVM and QEMU's hvf do the same).
+        let tr_ar = ctx.vcpu.read_vmcs(VMCS_GUEST_TR_AR)?;
+        if tr_ar as u32 & 0xf == AR_TYPE_TSS16_BUSY {
+            ctx.vcpu.write_vmcs(VMCS_GUEST_TR_AR, (tr_ar & !0xf) | u64::from(AR_TYPE_TSS32_BUSY))?;
+        }
         (efer | EFER_LMA, entry | ia32e)
     } else {
         (efer & !EFER_LMA, entry & !ia32e)

@@ -183,6 +183,7 @@ pub(crate) mod testing {
             cpuid: CpuidPolicy::new(1, false),
             clock: crate::clock::GuestClock::start(1_000_000_000),
             stopper: Stopper::new(),
+            parking: crate::machine::Parking::new(1),
             stats: Default::default(),
         }
     }
@@ -336,8 +337,10 @@ mod tests {
             .reg(HV_X86_RAX, cr0)
             .field(VMCS_GUEST_IA32_EFER, crate::controls::EFER_LME)
             .field(VMCS_GUEST_CR4, crate::controls::CR4_PAE | crate::controls::CR4_VMXE)
+            .field(VMCS_GUEST_TR_AR, 0x83)
             .field(VMCS_CTRL_VMENTRY_CONTROLS, 0x91ff);
         run(&mut v, &m);
+        assert_eq!(v.vmcs[&VMCS_GUEST_TR_AR], 0x8b, "real mode's 16-bit busy TSS becomes a 64-bit one");
         assert_eq!(v.vmcs[&VMCS_GUEST_IA32_EFER], crate::controls::EFER_LME | crate::controls::EFER_LMA);
         assert_eq!(v.vmcs[&VMCS_CTRL_VMENTRY_CONTROLS], 0x93ff);
         assert_eq!(v.vmcs[&VMCS_CTRL_CR0_SHADOW], cr0);
