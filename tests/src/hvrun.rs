@@ -120,7 +120,22 @@ pub struct Finished {
 /// "Speculative Return Stack Overflow: WARNING: See ...srso.html": it reports on the
 /// CPU (the sandbox's emulated EPYC has no IBPB microcode; QEMU's guest prints it too),
 /// not on the machine hvrun builds.
-pub const KERNEL_NOISE: &[&str] = &["unchecked MSR", "WARNING: CPU:", "Call Trace", "XSAVE consistency"];
+/// With several vCPUs also: TSCs the guest finds out of step or a clocksource its
+/// watchdog rejects (one TSC offset for all vCPUs must prevent both), an AP that did
+/// not come up (CPUID and APIC IDs disagreeing), and the lockup and RCU-stall reports
+/// of IPIs that were not serviced.
+pub const KERNEL_NOISE: &[&str] = &[
+    "unchecked MSR",
+    "WARNING: CPU:",
+    "Call Trace",
+    "XSAVE consistency",
+    "Marking TSC unstable",
+    "Marking clocksource",
+    "failed to report alive",
+    "soft lockup",
+    "self-detected stall",
+    "rcu: INFO:",
+];
 
 impl Finished {
     pub fn code(&self) -> Option<i32> {

@@ -245,4 +245,14 @@ fn bad_input_gets_one_line_and_status_one() {
     refused(&["--mem", "64M", &kernel, &initrd], "memory");
     refused(&["--mem", "100000G", &kernel, &initrd], "--mem 100000G is out of range (128M to 256G)");
     std::fs::remove_dir_all(&dir).unwrap();
+    // A vCPU count outside 1..=64 is a usage error (status 2) that names the range.
+    for cpus in ["0", "65", "two"] {
+        let run = Hvrun::spawn(&["--cpus", cpus, &kernel, &initrd]).wait(Duration::from_secs(60));
+        let text = run.stderr.text();
+        assert_eq!(run.code(), Some(2), "--cpus {cpus}: {}", run.report());
+        assert!(text.contains("--cpus"), "--cpus {cpus}: {text}");
+        if cpus != "two" {
+            assert!(text.contains("1..=64"), "--cpus {cpus} names the range: {text}");
+        }
+    }
 }

@@ -189,11 +189,11 @@ mod suite {
 
     const SUITE: &str = env!("HVRUN_KUT_SUITE");
 
-    /// `file` and `test_args` of section `name` in unittests.cfg.
-    fn section(name: &str) -> (String, String) {
+    /// `file`, `test_args` and `smp` of section `name` in unittests.cfg.
+    fn section(name: &str) -> (String, String, String) {
         let cfg = std::fs::read_to_string(format!("{SUITE}/unittests.cfg")).expect("unittests.cfg");
         let mut in_section = false;
-        let (mut file, mut args) = (format!("{name}.flat"), String::new());
+        let (mut file, mut args, mut smp) = (format!("{name}.flat"), String::new(), "1".to_string());
         for line in cfg.lines() {
             let line = line.trim();
             if line.starts_with('[') {
@@ -203,20 +203,21 @@ mod suite {
                 match key.trim() {
                     "file" => file = value,
                     "test_args" => args = value,
+                    "smp" => smp = value,
                     _ => {}
                 }
             }
         }
-        (file, args)
+        (file, args, smp)
     }
 
     /// Runs the suite's test `name` and asserts it passed as the suite's runner judges it,
     /// and that its console shows `done` (the report's SUMMARY line; sieve, which reports
     /// nothing, its last result), so that a guest that stopped early cannot pass.
     pub fn passes(name: &str, done: &str) {
-        let (file, args) = section(name);
+        let (file, args, smp) = section(name);
         let kernel = format!("{SUITE}/{file}");
-        let mut argv = vec!["--testdev", "--mem", "256M"];
+        let mut argv = vec!["--testdev", "--mem", "256M", "--cpus", smp.as_str()];
         if !args.is_empty() {
             argv.extend(["--append", args.as_str()]);
         }
@@ -242,11 +243,11 @@ macro_rules! suite_tests {
     };
 }
 
-// The quick subset (scripts/kvm-unit-tests.py QUICK_TESTS): single-vCPU tests that pass
-// under QEMU on the sandbox's KVM.
-// ioapic runs 19 of its 30 cases on one vCPU (the others need 2 or 4).
+// The quick subset (scripts/kvm-unit-tests.py QUICK_TESTS): tests that pass under QEMU
+// on the sandbox's KVM, each with the vCPUs its section asks for (`smp`).
 suite_tests! {
-    kut_ioapic => "ioapic", "SUMMARY: 19 tests";
+    kut_ioapic => "ioapic", "SUMMARY: 30 tests";
+    kut_smptest => "smptest", "SUMMARY: 1 tests";
     kut_idt_test => "idt_test", "SUMMARY: 4 tests";
     kut_tsc => "tsc", "SUMMARY: 3 tests";
     kut_setjmp => "setjmp", "SUMMARY: 10 tests";

@@ -42,6 +42,10 @@ mod bits {
     pub const ECX7_RDPID: u32 = 1 << 22;
     /// Leaf 0x8000_0001 ECX: SVM 2.
     pub const ECX81_SVM: u32 = 1 << 2;
+    /// Invariant TSC (0x8000_0007 EDX): Linux then counts the TSC constant and, with
+    /// several CPUs, synchronised, instead of "Marking TSC unstable due to TSCs
+    /// unsynchronized" (arch/x86/kernel/tsc.c, `unsynchronized_tsc`).
+    pub const EDX87_INVARIANT_TSC: u32 = 1 << 8;
     /// AMD: CmpLegacy (cores are reported in 0x8000_0008 ECX) and TopologyExtensions
     /// (leaf 0x8000_001E, whose host values would describe the host's packages).
     pub const ECX81_CMP_LEGACY: u32 = 1 << 1;
@@ -204,6 +208,10 @@ impl CpuidPolicy {
                 c = (c & !0xf0ff) | (self.vcpus.max(1) - 1) | (self.apic_id_bits() << 12);
             }
             0x8000_001e => [a, b, c, d] = [0; 4],
+            // Power management: nothing but the invariant TSC. The guest's TSC is the
+            // host's plus one offset shared by every vCPU (crate::clock), ticking at the
+            // constant rate leaf 0x4000_0010 gives, whatever the host's power states do.
+            0x8000_0007 => [a, b, c, d] = [0, 0, 0, EDX87_INVARIANT_TSC],
             // SVM's own features: no SVM is shown.
             0x8000_000a => [a, b, c, d] = [0; 4],
             0x8000_0001 => {
@@ -318,6 +326,7 @@ mod tests {
         assert_eq!((ecx & 0xff, (ecx >> 12) & 0xf), (2, 2), "AMD: 3 cores, 2 APIC-ID bits");
         assert_eq!(policy.leaf(0, 0x8000_0001, 0, view)[2] & (1 << 22), 0, "no TOPOEXT");
         assert_eq!(policy.leaf(0, 0x8000_001e, 0, view), [0; 4]);
+        assert_eq!(policy.leaf(0, 0x8000_0007, 0, view), [0, 0, 0, 1 << 8], "invariant TSC, nothing else");
         let one = CpuidPolicy::new(1, true);
         assert_eq!(one.leaf(0, 0x8000_0001, 0, view)[2] & 2, 0, "no CmpLegacy with one core");
     }
