@@ -36,6 +36,12 @@ pub fn time_scale(tsc_hz: u64) -> (u32, i8) {
     (mul, shift)
 }
 
+/// What the guest computes from a TSC delta (pvclock's `pvclock_scale_delta`).
+pub fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
+    let d = if shift >= 0 { delta << shift } else { delta >> -shift };
+    ((u128::from(d) * u128::from(mul)) >> 32) as u64
+}
+
 /// `struct pvclock_vcpu_time_info`, 32 bytes, little endian.
 pub fn vcpu_time_info(version: u32, tsc_timestamp: u64, system_time: u64, mul: u32, shift: i8, flags: u8) -> [u8; 32] {
     let mut b = [0u8; 32];
@@ -65,11 +71,19 @@ pub fn write_system_time(mem: &GuestMemoryMmap, clock: &GuestClock, value: u64) 
     if value & SYSTEM_TIME_ENABLE == 0 {
         return;
     }
-    let gpa = value & !SYSTEM_TIME_ENABLE & !0x1f;
+    // The page is wherever the guest says, only bit 0 being the enable bit (KVM's
+    // msr.rst: "4-byte aligned physical address"): kvm-unit-tests keeps its vCPUs'
+    // structures in a 4-byte-aligned array, and rounding down to 32 bytes made two
+    // vCPUs share and tear one structure.
+    let gpa = value & !SYSTEM_TIME_ENABLE;
     let (mul, shift) = time_scale(clock.tsc_hz);
-    // One reference point: the guest TSC now and the nanoseconds since the guest started.
+    // One reference point: the guest TSC now, and the system time the same scale gives
+    // for it (the guest TSC is 0 when the guest's time starts). Deriving the time from
+    // the TSC, rather than reading a host clock beside it, puts every vCPU's page on
+    // one line: vCPUs that read their pages at the same TSC get the same time (to the
+    // nanosecond of rounding), so the guest sees no warp between them.
     let tsc = clock.guest_tsc();
-    let ns = clock.start.elapsed().as_nanos() as u64;
+    let ns = scale_delta(tsc, mul, shift);
     let info = vcpu_time_info(2, tsc, ns, mul, shift, PVCLOCK_TSC_STABLE);
     if !publish(mem, gpa, &info) {
         log::warn!("kvmclock: time page {gpa:#x} is outside guest RAM; not written");
@@ -92,11 +106,7 @@ pub fn write_wall_clock(mem: &GuestMemoryMmap, clock: &GuestClock, gpa: u64) {
 mod tests {
     use super::*;
 
-    /// What the guest computes (pvclock_scale_delta).
-    fn scale(delta: u64, mul: u32, shift: i8) -> u64 {
-        let d = if shift >= 0 { delta << shift } else { delta >> -shift };
-        ((u128::from(d) * u128::from(mul)) >> 32) as u64
-    }
+    use super::scale_delta as scale;
 
     #[test]
     fn scale_turns_ticks_into_nanoseconds() {
@@ -127,6 +137,20 @@ mod tests {
         mem.read_slice(&mut b, GuestAddress(0x2000)).unwrap();
         assert_eq!(u32::from_le_bytes(b[0..4].try_into().unwrap()), 2, "even version");
         assert_eq!(b[29], PVCLOCK_TSC_STABLE);
+        // A second vCPU's page, written later, right after the first (4-byte aligned, as
+        // the ABI allows): the first stays whole, and both give the same time for one TSC.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        write_system_time(&mem, &clock, 0x2024 | 1);
+        let mut again = [0u8; 32];
+        mem.read_slice(&mut again, GuestAddress(0x2000)).unwrap();
+        assert_eq!(again[..32], b[..], "the first vCPU's page is untouched");
+        let mut c = [0u8; 32];
+        mem.read_slice(&mut c, GuestAddress(0x2024)).unwrap();
+        let field = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let (mul, shift) = (u32::from_le_bytes(b[24..28].try_into().unwrap()), b[28] as i8);
+        let at = |page: &[u8], tsc: u64| field(page, 16) + scale(tsc - field(page, 8), mul, shift);
+        let later = field(&c, 8) + 1_000_000;
+        assert_eq!(at(&b, later), at(&c, later), "the pages agree (exactly at 1 GHz: no rounding)");
         write_system_time(&mem, &clock, 0x1_0000_0000 | 1); // outside RAM: ignored
         write_wall_clock(&mem, &clock, 0x3000);
         let mut w = [0u8; 12];
