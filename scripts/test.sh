@@ -7,8 +7,9 @@
 # 2. unit tests on the host: cargo test --workspace --exclude hvrun-tests (no KVM needed);
 # 3. end-to-end tests (package hvrun-tests, Cargo profile e2e): built on the host, then
 #    every test binary runs with --test-threads=1 (one VM per process), either on the
-#    local /dev/kvm when it is hardware-backed, or else all of them in one boot of
-#    scripts/sandbox.sh (a VM with a real KVM). They see HVRUN_KVM=hardware|sandbox.
+#    local /dev/kvm when it is hardware-backed, or else in two boots of
+#    scripts/sandbox.sh (VMs with a real KVM) running at once, each with half of the
+#    binaries. They see HVRUN_KVM=hardware|sandbox.
 # Ends with the line "N passed, N failed" (summed over every libtest result line) and
 # exits non-zero if a test failed, a test binary crashed, a build or the sandbox failed.
 #
@@ -91,7 +92,30 @@ EOF
     else
         kind=$("$repo/scripts/kvm-kind.sh")
         [[ $kind == hardware ]] && mode=hardware || mode=sandbox
-        # One script runs every binary in sequence: the sandbox boots only once.
+        # The binaries go into two groups of about equal length (seconds each binary
+        # took in the sandbox, roughly; unknown ones count 30), the longest first; each
+        # group is one script that runs its binaries in sequence. In the sandbox the two
+        # groups run at once, in two sandboxes (each is one emulated CPU, and machines
+        # here have two cores); on hardware KVM one after the other.
+        python3 - "$work/exes" "$work" <<'PY'
+import os, sys
+weights = {"kick_stress": 230, "smp": 240, "boot": 140, "disk": 150, "kvm_unit_tests": 90,
+           "interrupts": 120, "linux_layer": 60, "mmio": 40, "msr": 30, "faults": 30}
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+def weight(row):
+    name = os.path.basename(row[1]).rsplit("-", 1)[0].replace("-", "_")
+    return weights.get(name, 30)
+groups, totals = [[], []], [0, 0]
+for row in sorted(rows, key=weight, reverse=True):
+    g = totals.index(min(totals))
+    groups[g].append(row)
+    totals[g] += weight(row)
+for g, rows in enumerate(groups):
+    with open(f"{sys.argv[2]}/exes.{g}", "w") as f:
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+PY
+        for g in 0 1; do
         {
             echo '#!/bin/bash'
             echo 'rc=0'
@@ -116,33 +140,50 @@ EOF
                     [[ ${#test_args[@]} -eq 0 ]] || printf ' %q' "${test_args[@]}"
                     printf '\nif [ $? -ne 0 ]; then printf "\\nhvrun-test: %s (kicks kept) failed\\n"; rc=1; fi\n' "${exe##*/}"
                 fi
-            done <"$work/exes"
+            done <"$work/exes.$g"
             # A short boot loop: 10 boots of the minimal kernel with hvrun, alternating
             # with QEMU microvm (scripts/boot-loop.sh runs long ones). A hang shows hvrun's
             # state dump and backtraces.
-            if [[ ${#test_args[@]} -eq 0 ]]; then
+            if [[ $g -eq 1 && ${#test_args[@]} -eq 0 ]]; then
                 printf 'echo "     Running the boot loop (10 boots)"\n'
                 printf 'cd %q && python3 scripts/boot-loop.py --hvrun %q --kernel %q --initrd %q --boots 10 --deadline 120\n' \
                     "$repo" "$target_dir/e2e/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
                 printf 'if [ $? -ne 0 ]; then printf "\\nhvrun-test: the boot loop failed\\n"; rc=1; fi\n'
             fi
             echo 'exit $rc'
-        } >"$work/run-e2e.sh"
+        } >"$work/run-e2e.$g.sh"
+        done
         echo "=== end-to-end tests: $(wc -l <"$work/exes") binaries, KVM: $kind, running on: $mode"
         set +e
         if [[ $mode == hardware ]]; then
-            HVRUN_KVM=hardware bash "$work/run-e2e.sh" 2>&1 | tee "$work/e2e.log"
+            HVRUN_KVM=hardware bash "$work/run-e2e.0.sh" 2>&1 | tee "$work/e2e.0.log"
+            rc0=${PIPESTATUS[0]}
+            HVRUN_KVM=hardware bash "$work/run-e2e.1.sh" 2>&1 | tee "$work/e2e.1.log"
+            rc1=${PIPESTATUS[0]}
         else
-            HVRUN_KVM=sandbox "$repo/scripts/sandbox.sh" \
-                --timeout "${HVRUN_SANDBOX_TIMEOUT:-2700}" --mem "${HVRUN_SANDBOX_MEM:-8G}" \
-                -- bash "$work/run-e2e.sh" 2>&1 | tee "$work/e2e.log"
+            # Group 1 runs in the background into its log, shown when group 0 is done.
+            sandbox() {
+                HVRUN_KVM=sandbox "$repo/scripts/sandbox.sh" \
+                    --timeout "${HVRUN_SANDBOX_TIMEOUT:-2700}" --mem "${HVRUN_SANDBOX_MEM:-8G}" \
+                    -- bash "$work/run-e2e.$1.sh"
+            }
+            sandbox 1 >"$work/e2e.1.log" 2>&1 &
+            pid1=$!
+            echo "=== group 0 ($(wc -l <"$work/exes.0") binaries) here; group 1 ($(wc -l <"$work/exes.1") binaries) in a second sandbox, shown after"
+            sandbox 0 2>&1 | tee "$work/e2e.0.log"
+            rc0=${PIPESTATUS[0]}
+            wait "$pid1"
+            rc1=$?
+            echo "=== group 1:"
+            cat "$work/e2e.1.log"
         fi
-        rc=${PIPESTATUS[0]}
         set -e
+        # The worse of the two statuses (a sandbox failure beats a failed test).
+        rc=$(( rc0 > rc1 ? rc0 : rc1 ))
         # Binaries that exited non-zero (failed tests, or a crash, abort, timeout).
         n=${#problems[@]}
         while IFS= read -r line; do problems+=("end-to-end tests: ${line#hvrun-test: }"); done \
-            < <(grep -ao 'hvrun-test: .*' "$work/e2e.log" || true)
+            < <(cat "$work"/e2e.*.log | grep -ao 'hvrun-test: .*' || true)
         case $rc in
             0) ;;
             1) [[ ${#problems[@]} -gt $n ]] || problems+=("end-to-end tests: a test binary failed") ;;

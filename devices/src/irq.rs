@@ -7,11 +7,12 @@ pub trait LocalInterrupts: Send + Sync {
     fn pending(&self) -> Option<u8>;
     /// The vCPU has injected `vector`.
     fn acknowledge(&self, vector: u8);
-    /// When this vCPU's next timer fires, so that HLT sleeps no longer than that.
+    /// When this controller's next timer fires (the APIC timer thread,
+    /// crate::apic_timers, sleeps until the earliest of them).
     fn next_deadline(&self) -> Option<Instant> {
         None
     }
-    /// Raises the interrupts of timers that are due at `now`.
+    /// Raises the interrupts of timers that are due at `now`, kicking the vCPU.
     fn poll_timers(&self, _now: Instant) {}
     /// Whether an NMI waits for delivery (RFLAGS.IF does not hold it back; blocking by
     /// NMI and the MOV SS shadow do, SDM vol. 3, 6.7.1 and 25.4.2).

@@ -1,6 +1,6 @@
 //! kvm-unit-tests' x86 guests booted with the `hvrun` command (`--testdev`), on a real
-//! KVM: the quick subset that passes under QEMU on the same KVM and needs one vCPU. Each
-//! must end with the suite's success status (exit 1, no FAIL line, a SUMMARY line).
+//! KVM: the quick subset that passes under QEMU on the same KVM, each with the vCPUs
+//! (`--cpus`) its section of unittests.cfg asks for. Each must end with the suite's success status (exit 1, no FAIL line, a SUMMARY line).
 //! scripts/kvm-unit-tests.sh runs the longer list side by side with QEMU.
 //!
 //! Also, with no suite needed: a synthetic multiboot image that checks its own entry
