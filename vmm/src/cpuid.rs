@@ -38,6 +38,9 @@ mod bits {
     pub const EBX88_HIDDEN: u32 = (1 << 1) | (1 << 12) | (0x3f << 14) | (1 << 24) | (1 << 25) | (1 << 28);
     /// Leaf 7.0 EBX: INVPCID, which raises #UD unless "enable INVPCID" is on (SDM 25.6.2).
     pub const EBX7_INVPCID: u32 = 1 << 10;
+    /// IA32_TSC_ADJUST: emulated by hvrun (crate::msr, through the vCPU's TSC offset),
+    /// so shown whatever the host has.
+    pub const EBX7_TSC_ADJUST: u32 = 1 << 1;
     /// Leaf 7.0 ECX: RDPID, gated like RDTSCP by "enable RDTSCP".
     pub const ECX7_RDPID: u32 = 1 << 22;
     /// Leaf 0x8000_0001 ECX: SVM 2.
@@ -185,6 +188,7 @@ impl CpuidPolicy {
             5 | 6 | 0xa => [a, b, c, d] = [0; 4],
             7 if subleaf == 0 => {
                 b &= !EBX7_HIDDEN;
+                b |= EBX7_TSC_ADJUST;
                 c &= !ECX7_HIDDEN;
                 d &= !EDX7_HIDDEN;
                 if !self.invpcid {
@@ -327,6 +331,7 @@ mod tests {
         assert_eq!(policy.leaf(0, 0x8000_0001, 0, view)[2] & (1 << 22), 0, "no TOPOEXT");
         assert_eq!(policy.leaf(0, 0x8000_001e, 0, view), [0; 4]);
         assert_eq!(policy.leaf(0, 0x8000_0007, 0, view), [0, 0, 0, 1 << 8], "invariant TSC, nothing else");
+        assert_ne!(policy.leaf(0, 7, 0, view)[1] & bits::EBX7_TSC_ADJUST, 0, "TSC_ADJUST, emulated");
         let one = CpuidPolicy::new(1, true);
         assert_eq!(one.leaf(0, 0x8000_0001, 0, view)[2] & 2, 0, "no CmpLegacy with one core");
     }

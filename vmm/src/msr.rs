@@ -430,7 +430,7 @@ fn deliberately_absent(model: &CpuModel, msr: u32) -> bool {
     let absent_everywhere = matches!(msr,
         // Hidden in CPUID (leaf 7 EDX[29], cpuid.rs): Linux reads it only when shown.
         IA32_ARCH_CAPABILITIES
-        // Hidden in CPUID (leaf 7 EBX[1]) on this host: no TSC_ADJUST.
+        // A CPU model without TSC_ADJUST in CPUID (hvrun's own always shows it).
         | IA32_TSC_ADJUST);
     let absent_on_vendor = match model.vendor {
         Vendor::Intel => matches!(msr,
