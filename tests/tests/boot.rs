@@ -115,16 +115,26 @@ fn sigterm_stops_cleanly_and_restores_the_terminal() {
     assert_eq!((before.c_iflag, before.c_lflag), (after.c_iflag, after.c_lflag), "hvrun restores the terminal");
 }
 
+/// Boots the minimal guest on `cpus` vCPUs.
+fn boot_on(cpus: &str, append: &str) -> Finished {
+    let (kernel, initrd) = minimal();
+    Hvrun::spawn(&["--cpus", cpus, "--append", append, &kernel, &initrd]).wait(BOOT_TIMEOUT)
+}
+
+/// On two vCPUs: the reset, made by whichever CPU runs `reboot`, must stop both vCPU
+/// threads (the other one halted or in the guest), or hvrun never exits.
 #[test]
 fn reboot_gives_the_reboot_status() {
-    let run = boot("hvrun.check=reboot");
+    let run = boot_on("2", "hvrun.check=reboot");
     assert!(run.console.find(MARKER).is_some(), "{}", run.report());
+    assert!(run.console.find("Brought up 1 node, 2 CPUs").is_some(), "{}", run.report());
     assert_eq!(run.code(), Some(3), "{}", run.report());
 }
 
+/// A panic on one of two vCPUs: Linux stops the other CPU (an IPI, then NMI), then resets.
 #[test]
 fn panic_with_panic_minus_one_gives_the_reboot_status() {
-    let run = boot("panic=-1 hvrun.check=panic");
+    let run = boot_on("2", "panic=-1 hvrun.check=panic");
     assert!(run.console.find("Kernel panic").is_some(), "{}", run.report());
     assert_eq!(run.code(), Some(3), "{}", run.report());
 }
