@@ -3,7 +3,9 @@
 same KVM, looking for boots that hang. Run by scripts/boot-loop.sh (in the sandbox when
 the host's KVM is not hardware-backed).
 
-    boot-loop.py --hvrun PATH --kernel K --initrd I [--boots N] [--deadline S] [--no-qemu]
+    boot-loop.py --hvrun PATH --kernel K --initrd I [--boots N] [--deadline S] [--cpus N] [--no-qemu]
+
+--cpus N: both VMMs get N vCPUs (hvrun --cpus N, QEMU -smp N).
 
 Each boot runs the guest's `uptime` check and must power off by itself within the
 deadline. The console is drained the way a scripting user drains it: 64 KiB reads as
@@ -100,13 +102,14 @@ def main():
     ap.add_argument("--boots", type=int, default=10, help="hvrun boots (as many QEMU boots between them)")
     ap.add_argument("--deadline", type=float, default=120.0, help="seconds one boot may take")
     ap.add_argument("--mem", default="256M")
+    ap.add_argument("--cpus", type=int, default=1)
     ap.add_argument("--no-qemu", action="store_true", help="hvrun boots only")
     ap.add_argument("--no-dump", action="store_true", help="do not send SIGUSR1 to a hung hvrun")
     a = ap.parse_args()
 
     cmdline = "console=ttyS0 panic=-1 quiet hvrun.check=uptime"
-    hvrun = [a.hvrun, "--mem", a.mem, "--cmdline", cmdline, a.kernel, a.initrd]
-    qemu = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", a.mem, "-smp", "1",
+    hvrun = [a.hvrun, "--mem", a.mem, "--cpus", str(a.cpus), "--cmdline", cmdline, a.kernel, a.initrd]
+    qemu = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", a.mem, "-smp", str(a.cpus),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
             "-kernel", a.kernel, "-initrd", a.initrd, "-append", cmdline]
     with_qemu = not a.no_qemu and shutil.which("qemu-system-x86_64") is not None
