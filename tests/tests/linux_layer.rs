@@ -441,6 +441,37 @@ fn an_interrupt_cut_short_by_a_kick_comes_back_as_idt_vectoring_info() {
     assert_eq!(g.r(VMCS_RO_IDT_VECTOR_INFO), 0);
 }
 
+/// An interrupt a kick left undelivered, which the VMM then drops (an INIT arrived): a
+/// later system-register write must not bring it back. KVM keeps the vector in the sync
+/// area's sregs bitmap, and writing that back made KVM deliver it with RFLAGS.IF=0 (a
+/// re-onlined AP triple-faulted in its trampoline).
+#[test]
+fn a_dropped_interrupt_does_not_come_back_with_a_system_register_write() {
+    // 1000: out 0x80, al  E6 80
+    // 1002: jmp $         EB FE
+    let g = Guest::new(&[0xe6, 0x80, 0xeb, 0xfe]);
+    hv_linux_set_kick_mode(KickMode::KeptUntilRun);
+    install_handler(&g, 0x30, 0x3000);
+    g.w(VMCS_GUEST_RFLAGS, 0x202);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, (IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x30) as u64);
+    kick_from_another_thread(&g);
+    assert_eq!(g.run(), VMX_REASON_IRQ);
+    assert_eq!(g.r(VMCS_RO_IDT_VECTOR_INFO) as u32, IRQ_INFO_VALID | IRQ_INFO_EXT_IRQ | 0x30);
+    // Dropped, interrupts off, and the segments written again (as a SIPI does).
+    g.w(VMCS_GUEST_RFLAGS, 0x2);
+    g.w(VMCS_GUEST_DS_BASE, 0);
+    g.w(VMCS_GUEST_CR0, 0x30);
+    assert_eq!(g.run(), VMX_REASON_IO);
+    assert_eq!((g.io().port, g.rip()), (0x80, 0x1000), "the guest's own out, not the handler's");
+    g.skip();
+    g.w(VMCS_GUEST_ES_BASE, 0);
+    let mut id = g.vcpu;
+    assert_eq!(std::thread::spawn(move || unsafe { hv_vcpu_interrupt(&mut id, 1) }).join().unwrap(), HV_SUCCESS);
+    assert_eq!(g.run(), VMX_REASON_IRQ, "still spinning at the jmp");
+    assert_eq!(g.rip(), 0x1002);
+    assert_eq!(g.r(VMCS_RO_IDT_VECTOR_INFO), 0);
+}
+
 /// The boot hang of issue 8: an exception the VMM queued (the #GP for an unknown MSR)
 /// and a kick before the entry. The exit must report the exception as IDT-vectoring
 /// information; it used to stay inside KVM with the entry field showing free, the VMM

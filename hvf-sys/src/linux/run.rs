@@ -190,6 +190,13 @@ fn read_forward(vm: &Vm, st: &VcpuState, snap: &Snapshot, ip: u64) -> Vec<u8> {
 /// whose clocksource is not the TSC (the test sandbox uses the HPET, where two clock
 /// reads per KVM_RUN doubled the cost of an exit); Instant when the frequency is unknown.
 fn kvm_run(st: &mut VcpuState) -> Result<(), i32> {
+    // The sync area's sregs.interrupt_bitmap only ever gains bits: KVM sets the vector of
+    // an interrupt it holds at an exit and never clears the others. Written back with the
+    // next system-register change (a SIPI's real-mode state, a CR8 write), every stale
+    // bit there is a KVM_INTERRUPT, delivered at entry whatever RFLAGS.IF says (an AP
+    // triple-faulted in its trampoline on it). The layer's events are the one channel
+    // for a held interrupt (inject, take_undelivered_event), so the bitmap stays empty.
+    st.fd.sync_regs_mut().sregs.interrupt_bitmap = [0; 4];
     let tsc_start = tsc();
     let start = if st.tsc_khz.is_none() { Some(Instant::now()) } else { None };
     // SAFETY: KVM_RUN on our vCPU fd takes no argument; the kvm_run page it fills is
