@@ -12,6 +12,7 @@
 //! layer): a `TestMachine` holds [`vm_lock`] for the whole life of its `Vm` and drops
 //! the `Vm` before the lock.
 
+pub mod disk;
 pub mod hvrun;
 use devices::bus::BusDevice;
 use devices::power::{PowerControl, PowerEvent};
