@@ -192,8 +192,8 @@ fn read_forward(vm: &Vm, st: &VcpuState, snap: &Snapshot, ip: u64) -> Vec<u8> {
 fn kvm_run(st: &mut VcpuState) -> Result<(), i32> {
     // The sync area's sregs.interrupt_bitmap only ever gains bits: KVM sets the vector of
     // an interrupt it holds at an exit and never clears the others. Written back with the
-    // next system-register change (a SIPI's real-mode state, a CR8 write), every stale
-    // bit there is a KVM_INTERRUPT, delivered at entry whatever RFLAGS.IF says (an AP
+    // next system-register change (a SIPI's real-mode state, a CR8 write), the lowest
+    // vector there becomes an injected interrupt, delivered whatever RFLAGS.IF says (an AP
     // triple-faulted in its trampoline on it). The layer's events are the one channel
     // for a held interrupt (inject, take_undelivered_event), so the bitmap stays empty.
     st.fd.sync_regs_mut().sregs.interrupt_bitmap = [0; 4];
