@@ -10,6 +10,7 @@
 //! Timer clock: the APIC timer counts at [`APIC_BUS_HZ`] (1 GHz: one count per ns at a
 //! divisor of one) divided by the divide configuration. Advertise it to the guest (e.g. CPUID leaf 0x15
 //! crystal clock, or 0x40000010 EBX in kHz) if the guest is to skip timer calibration.
+use crate::apic_history::{ApicEvent, ApicHistory};
 use crate::apic_timers::TimerSignal;
 use crate::irq::{Kick, LocalInterrupts};
 use crate::tsc::GuestTscClock;
@@ -213,6 +214,8 @@ pub struct LapicSnapshot {
     pub tsc_deadline: u64,
     /// How long until the timer fires; `None`: not armed.
     pub fires_in: Option<Duration>,
+    /// The last interrupt events, oldest first, with machine-wide sequence numbers.
+    pub history: Vec<(u64, ApicEvent)>,
 }
 
 /// The vectors whose bits are set, e.g. `[0x21, 0xec]`.
@@ -234,7 +237,12 @@ impl fmt::Display for LapicSnapshot {
         let fires = self.fires_in.map_or("not armed".to_string(), |d| format!("fires in {d:?}"));
         write!(f, "    timer: LVT {:#x} ({:?}{}), initial count {}, current count {}, TSC deadline {:#x}, {fires}",
             self.lvt_timer, self.timer_mode, if self.lvt_timer & LVT_MASKED != 0 { ", masked" } else { "" },
-            self.initial_count, self.current_count, self.tsc_deadline)
+            self.initial_count, self.current_count, self.tsc_deadline)?;
+        if !self.history.is_empty() {
+            let events: Vec<_> = self.history.iter().map(|(seq, e)| format!("#{seq} {e}")).collect();
+            write!(f, "\n    recent interrupts, oldest first: {}", events.join("; "))?;
+        }
+        Ok(())
     }
 }
 
@@ -287,6 +295,8 @@ struct State {
     /// and 11.6.1: "a SIPI is ignored unless the processor is in wait-for-SIPI").
     wait_for_sipi: bool,
     sipi_pending: Option<u8>,
+    /// The last interrupts accepted, injected, ended and sent (the state dump's).
+    history: ApicHistory,
 }
 
 fn highest_bit(bits: &[u32; 8]) -> Option<u8> {
@@ -339,6 +349,7 @@ impl State {
             init_pending: false,
             wait_for_sipi: !bsp,
             sipi_pending: None,
+            history: ApicHistory::default(),
         };
         s.reset_registers();
         s
@@ -434,6 +445,7 @@ impl State {
         if vector < 16 {
             return self.error(ESR_RECEIVE_ILLEGAL_VECTOR);
         }
+        self.history.record(ApicEvent::Accepted { vector, coalesced: test_bit(&self.irr, vector) });
         set_bit(&mut self.irr, vector, true);
         set_bit(&mut self.tmr, vector, level);
         true
@@ -477,6 +489,7 @@ impl State {
         let mut fx = Effects::default();
         if let Some(v) = highest_bit(&self.isr) {
             set_bit(&mut self.isr, v, false);
+            self.history.record(ApicEvent::Eoi(v));
             // A level-triggered vector's EOI goes on to the IOAPICs. The TMR bit stays:
             // it records the trigger mode of the vector's last acceptance and only the
             // next acceptance changes it (SDM vol. 3, 11.8.4 and 11.8.5).
@@ -702,6 +715,7 @@ impl State {
     fn send_ipi(&mut self) -> Effects {
         let low = self.icr_low;
         let x2 = self.x2apic();
+        self.history.record(ApicEvent::Sent { icr_low: low, dest: if x2 { self.icr_high } else { self.icr_high >> 24 } });
         let level_triggered = low & ICR_TRIGGER_LEVEL != 0;
         let mut mode = DeliveryMode::from_bits(low >> 8);
         if mode == DeliveryMode::Init && level_triggered && low & ICR_LEVEL_ASSERT == 0 {
@@ -852,6 +866,7 @@ impl Lapic {
             current_count: s.current_count(now),
             tsc_deadline: s.timer.tsc_deadline,
             fires_in: s.timer.deadline.map(|d| d.saturating_duration_since(now)),
+            history: s.history.events(),
         }
     }
 
@@ -1077,6 +1092,7 @@ impl LocalInterrupts for Lapic {
         if test_bit(&s.irr, vector) {
             set_bit(&mut s.irr, vector, false);
             set_bit(&mut s.isr, vector, true);
+            s.history.record(ApicEvent::Injected(vector));
         }
     }
 

@@ -1,5 +1,6 @@
 //! hvrun's platform devices and the buses that route guest accesses to them.
 pub mod apic_bus;
+pub mod apic_history;
 pub mod apic_timers;
 pub mod bus;
 pub mod escape;
