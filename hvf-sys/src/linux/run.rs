@@ -550,9 +550,24 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
     // TSC offsetting (SDM 26.6.5 / 25.6.5): the VCPU TSC offset attribute, set on change.
     let offset = if ctrls.proc & ProcBased::TSC_OFFSET.bits() != 0 { st.field(VMCS_CTRL_TSC_OFFSET) } else { 0 };
     st.set_tsc_offset(offset)?;
-    // Interrupt-window exiting (SDM 26.7.5 / 25.7.5) is KVM's request_interrupt_window.
-    st.fd.get_kvm_run().request_interrupt_window = (ctrls.proc & ProcBased::IRQ_WND.bits() != 0) as u8;
+    // Interrupt-window exiting is KVM's request_interrupt_window, set before each
+    // KVM_RUN (request_interrupt_window).
     Ok(())
+}
+
+/// Interrupt-window exiting (SDM 26.7.5 / 25.7.5) exits before an instruction only when
+/// RFLAGS.IF=1 and there is no blocking by STI or MOV SS: the instruction in the shadow
+/// runs first. Linux idles with `sti; hlt`, and an interrupt injected between the two
+/// returns to the HLT, so the CPU sleeps with the wake-up it just took undone. KVM on the
+/// nested test sandbox's SVM reported the window open inside the shadow (a --cpus 4 boot
+/// hung on it: test `the_sti_shadow_before_hlt_...`), and its single-step never trapped
+/// there either. So in a shadow the layer does not ask KVM for the window at all: the
+/// guest runs on to its next exit (the HLT's own, at once, in the idle loop; at worst the
+/// run's deadline), after which the VMM asks again with the shadow gone. Later than VT-x
+/// would open it, never earlier.
+fn request_interrupt_window(st: &mut VcpuState, wanted: bool) {
+    let in_shadow = st.fd.sync_regs().events.interrupt.shadow != 0;
+    st.fd.get_kvm_run().request_interrupt_window = (wanted && !in_shadow) as u8;
 }
 
 /// Waits in the HLT (or shutdown / wait-for-SIPI) activity state until kicked, asleep:
@@ -633,7 +648,9 @@ fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -
             return code;
         }
     }
+    let window_wanted = ctrls.proc & ProcBased::IRQ_WND.bits() != 0;
     let exit = loop {
+        request_interrupt_window(st, window_wanted);
         // No look at the kick flag here: a kick sets immediate_exit, so KVM_RUN returns
         // EINTR at once, and does so with the state (an injected event still queued)
         // written back to the sync regs, which record_exit needs to see. A deadline
