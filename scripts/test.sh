@@ -141,12 +141,12 @@ PY
                     printf '\nif [ $? -ne 0 ]; then printf "\\nhvrun-test: %s (kicks kept) failed\\n"; rc=1; fi\n' "${exe##*/}"
                 fi
             done <"$work/exes.$g"
-            # A short boot loop: 10 boots of the minimal kernel on two vCPUs with hvrun,
-            # alternating with QEMU microvm -smp 2 (scripts/boot-loop.sh runs long ones).
+            # A short boot loop: 10 boots of the minimal kernel on four vCPUs with hvrun,
+            # alternating with QEMU microvm -smp 4 (scripts/boot-loop.sh runs long ones).
             # A hang shows hvrun's state dump and backtraces.
             if [[ $g -eq 1 && ${#test_args[@]} -eq 0 ]]; then
-                printf 'echo "     Running the boot loop (10 boots, 2 vCPUs)"\n'
-                printf 'cd %q && python3 scripts/boot-loop.py --hvrun %q --kernel %q --initrd %q --boots 10 --cpus 2 --deadline 120\n' \
+                printf 'echo "     Running the boot loop (10 boots, 4 vCPUs)"\n'
+                printf 'cd %q && python3 scripts/boot-loop.py --hvrun %q --kernel %q --initrd %q --boots 10 --cpus 4 --deadline 120\n' \
                     "$repo" "$target_dir/e2e/hvrun" "$HVRUN_GUEST_KERNEL" "$HVRUN_GUEST_INITRD"
                 printf 'if [ $? -ne 0 ]; then printf "\\nhvrun-test: the boot loop failed\\n"; rc=1; fi\n'
             fi
