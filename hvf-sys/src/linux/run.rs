@@ -562,9 +562,9 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
 /// nested test sandbox's SVM reported the window open inside the shadow (a --cpus 4 boot
 /// hung on it: test `the_sti_shadow_before_hlt_...`), and its single-step never trapped
 /// there either. So in a shadow the layer does not ask KVM for the window at all: the
-/// guest runs on to its next exit (the HLT's own, at once, in the idle loop; at worst the
-/// run's deadline), after which the VMM asks again with the shadow gone. Later than VT-x
-/// would open it, never earlier.
+/// guest runs on to its next exit (the HLT's own, at once, in the idle loop; at worst a
+/// kick or the run's deadline), after which the VMM asks again with the shadow gone.
+/// Later than VT-x would open it, never earlier.
 fn request_interrupt_window(st: &mut VcpuState, wanted: bool) {
     let in_shadow = st.fd.sync_regs().events.interrupt.shadow != 0;
     st.fd.get_kvm_run().request_interrupt_window = (wanted && !in_shadow) as u8;
