@@ -411,7 +411,6 @@ fn the_sti_shadow_before_hlt_survives_an_exit_and_holds_the_window_shut() {
     // 1001: hlt   F4
     // 1002: jmp $ EB FE
     let g = Guest::new(&[0xfb, 0xf4, 0xeb, 0xfe]);
-    install_handler(&g, 0x20, 0x2000);
     // As an exit right after the STI leaves it: at the HLT, IF=1, blocking by STI.
     g.w(VMCS_GUEST_RIP, 0x1001);
     g.w(VMCS_GUEST_RFLAGS, 0x202);
