@@ -401,6 +401,19 @@ fn interrupt_window_opens_after_the_sti_shadow_and_injection_is_delivered() {
     assert_eq!(g.r(VMCS_CTRL_VMENTRY_IRQ_INFO) as u32 & IRQ_INFO_VALID, 0, "valid bit cleared on entry");
 }
 
+/// `code` (an STI at 0x1000) as an exit right after the STI leaves it: at 0x1001, IF=1,
+/// blocking by STI, and the VMM asking for the interrupt window.
+fn in_the_sti_shadow_asking_for_the_window(code: &[u8]) -> Guest {
+    let g = Guest::new(code);
+    g.w(VMCS_GUEST_RIP, 0x1001);
+    g.w(VMCS_GUEST_RFLAGS, 0x202);
+    g.w(VMCS_GUEST_IGNORE_IRQ, Interruptibility::STI.bits() as u64);
+    assert_eq!(g.r(VMCS_GUEST_IGNORE_IRQ), Interruptibility::STI.bits() as u64, "the shadow reads back");
+    let proc = g.r(VMCS_CTRL_CPU_BASED);
+    g.w(VMCS_CTRL_CPU_BASED, proc | ProcBased::IRQ_WND.bits() as u64);
+    g
+}
+
 /// Linux idles with `sti; hlt`: an interrupt may arrive only once HLT has begun, so its
 /// handler returns past the HLT. A VMM that injected one between the two (an exit in the
 /// STI shadow, then an interrupt window that opened too early) would send the CPU to
@@ -410,14 +423,7 @@ fn the_sti_shadow_before_hlt_survives_an_exit_and_holds_the_window_shut() {
     // 1000: sti   FB
     // 1001: hlt   F4
     // 1002: jmp $ EB FE
-    let g = Guest::new(&[0xfb, 0xf4, 0xeb, 0xfe]);
-    // As an exit right after the STI leaves it: at the HLT, IF=1, blocking by STI.
-    g.w(VMCS_GUEST_RIP, 0x1001);
-    g.w(VMCS_GUEST_RFLAGS, 0x202);
-    g.w(VMCS_GUEST_IGNORE_IRQ, Interruptibility::STI.bits() as u64);
-    assert_eq!(g.r(VMCS_GUEST_IGNORE_IRQ), Interruptibility::STI.bits() as u64, "the shadow reads back");
-    let proc = g.r(VMCS_CTRL_CPU_BASED);
-    g.w(VMCS_CTRL_CPU_BASED, proc | ProcBased::IRQ_WND.bits() as u64);
+    let g = in_the_sti_shadow_asking_for_the_window(&[0xfb, 0xf4, 0xeb, 0xfe]);
     // SDM 26.7.5: no interrupt-window exit before the instruction in the shadow.
     assert_eq!(g.run(), VMX_REASON_HLT, "the HLT in the shadow runs before the window opens");
     assert_eq!(g.rip(), 0x1001);
@@ -431,12 +437,7 @@ fn the_interrupt_window_opens_after_the_instruction_in_an_sti_shadow() {
     // 1000: sti   FB
     // 1001: nop   90
     // 1002: jmp $ EB FE
-    let g = Guest::new(&[0xfb, 0x90, 0xeb, 0xfe]);
-    g.w(VMCS_GUEST_RIP, 0x1001);
-    g.w(VMCS_GUEST_RFLAGS, 0x202);
-    g.w(VMCS_GUEST_IGNORE_IRQ, Interruptibility::STI.bits() as u64);
-    let proc = g.r(VMCS_CTRL_CPU_BASED);
-    g.w(VMCS_CTRL_CPU_BASED, proc | ProcBased::IRQ_WND.bits() as u64);
+    let g = in_the_sti_shadow_asking_for_the_window(&[0xfb, 0x90, 0xeb, 0xfe]);
     let soon = || hvf_sys::absolute_time::now() + hvf_sys::absolute_time::from_duration(std::time::Duration::from_millis(20));
     unsafe { ok(hv_vcpu_run_until(g.vcpu, soon()), "hv_vcpu_run_until") };
     let first = g.r(VMCS_RO_EXIT_REASON) as u32;
