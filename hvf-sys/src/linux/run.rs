@@ -564,10 +564,16 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
 /// there either. So in a shadow the layer does not ask KVM for the window at all: the
 /// guest runs on to its next exit (the HLT's own, at once, in the idle loop; at worst a
 /// kick or the run's deadline), after which the VMM asks again with the shadow gone.
-/// Later than VT-x would open it, never earlier.
+/// Later than VT-x would open it, never earlier. The same KVM also reported a shadow that
+/// never ended (a guest spinning on `jmp $` after an IRET): a shadow seen again at the RIP
+/// where the window was last held back, with nothing run in between, is taken as stale
+/// and the window is asked for (kick_stress lost an interrupt for good without this).
 fn request_interrupt_window(st: &mut VcpuState, wanted: bool) {
+    let rip = st.fd.sync_regs().regs.rip;
     let in_shadow = st.fd.sync_regs().events.interrupt.shadow != 0;
-    st.fd.get_kvm_run().request_interrupt_window = (wanted && !in_shadow) as u8;
+    let hold = wanted && in_shadow && st.window_held_at != Some(rip);
+    st.window_held_at = hold.then_some(rip);
+    st.fd.get_kvm_run().request_interrupt_window = (wanted && !hold) as u8;
 }
 
 /// Waits in the HLT (or shutdown / wait-for-SIPI) activity state until kicked, asleep:

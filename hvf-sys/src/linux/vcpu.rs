@@ -67,6 +67,9 @@ pub struct VcpuState {
     deadline_timer: Option<super::kick::DeadlineTimer>,
     /// Secondary controls the installed CPUID table needs (`cpuid::controls_needed`).
     pub cpuid_controls_needed: u32,
+    /// RIP of the last entry that held the interrupt window back for a shadow
+    /// (`run.rs`, request_interrupt_window).
+    pub window_held_at: Option<u64>,
 }
 
 /// KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xe1, struct kvm_device_attr) (linux/kvm.h); on a
@@ -183,6 +186,7 @@ pub fn create(vm: &Arc<Vm>, out: *mut hv_vcpuid_t, flags: hv_vcpu_options_t) -> 
         tsc_khz,
         deadline_timer: None,
         cpuid_controls_needed: 0,
+        window_held_at: None,
     };
     let vcpu = Arc::new(Vcpu {
         id: id as hv_vcpuid_t,
