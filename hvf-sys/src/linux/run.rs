@@ -565,14 +565,20 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
 /// guest runs on to its next exit (the HLT's own, at once, in the idle loop; at worst a
 /// kick or the run's deadline), after which the VMM asks again with the shadow gone.
 /// Later than VT-x would open it, never earlier. The same KVM also reported a shadow that
-/// never ended (a guest spinning on `jmp $` after an IRET): a shadow seen again at the RIP
-/// where the window was last held back, with nothing run in between, is taken as stale
-/// and the window is asked for (kick_stress lost an interrupt for good without this).
+/// never ended (a guest spinning on `jmp $` after an IRET): a shadow still there at the
+/// same RIP after STALE_SHADOW_ENTRIES entries that held the window back is taken as
+/// stale and the window is asked for (kick_stress lost an interrupt for good without
+/// this). Not after one: a kick before the HLT ran leaves the same RIP and a real shadow.
 fn request_interrupt_window(st: &mut VcpuState, wanted: bool) {
+    const STALE_SHADOW_ENTRIES: u32 = 4;
     let rip = st.fd.sync_regs().regs.rip;
     let in_shadow = st.fd.sync_regs().events.interrupt.shadow != 0;
-    let hold = wanted && in_shadow && st.window_held_at != Some(rip);
-    st.window_held_at = hold.then_some(rip);
+    let held = match st.window_held_at {
+        Some((at, n)) if at == rip => n,
+        _ => 0,
+    };
+    let hold = wanted && in_shadow && held < STALE_SHADOW_ENTRIES;
+    st.window_held_at = hold.then_some((rip, held + 1));
     st.fd.get_kvm_run().request_interrupt_window = (wanted && !hold) as u8;
 }
 

@@ -67,9 +67,9 @@ pub struct VcpuState {
     deadline_timer: Option<super::kick::DeadlineTimer>,
     /// Secondary controls the installed CPUID table needs (`cpuid::controls_needed`).
     pub cpuid_controls_needed: u32,
-    /// RIP of the last entry that held the interrupt window back for a shadow
-    /// (`run.rs`, request_interrupt_window).
-    pub window_held_at: Option<u64>,
+    /// RIP of the last entries that held the interrupt window back for a shadow, and how
+    /// many in a row (`run.rs`, request_interrupt_window).
+    pub window_held_at: Option<(u64, u32)>,
 }
 
 /// KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xe1, struct kvm_device_attr) (linux/kvm.h); on a
