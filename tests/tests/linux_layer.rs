@@ -429,6 +429,27 @@ fn the_sti_shadow_before_hlt_survives_an_exit_and_holds_the_window_shut() {
     assert_eq!(g.rip(), 0x1001);
 }
 
+/// Kicks before the shadowed HLT has run (IPIs to a vCPU on its way to idle) end runs
+/// with nothing executed, and leave the shadow where it was: however many come first, the
+/// window stays shut until the HLT has run. (A layer that gave up on a shadow after a few
+/// entries at one RIP hung a --cpus 4 boot in CI this way.)
+#[test]
+fn kicks_before_the_hlt_in_an_sti_shadow_keep_the_window_shut() {
+    // 1000: sti   FB
+    // 1001: hlt   F4
+    // 1002: jmp $ EB FE
+    let g = in_the_sti_shadow_asking_for_the_window(&[0xfb, 0xf4, 0xeb, 0xfe]);
+    hv_linux_set_kick_mode(KickMode::KeptUntilRun);
+    for kick in 0..8 {
+        kick_from_another_thread(&g);
+        assert_eq!(g.run(), VMX_REASON_IRQ, "kick {kick} ends the run");
+        assert_eq!(g.rip(), 0x1001, "kick {kick}: nothing ran");
+        assert_eq!(g.r(VMCS_GUEST_IGNORE_IRQ), Interruptibility::STI.bits() as u64, "kick {kick}: the shadow stays");
+    }
+    assert_eq!(g.run(), VMX_REASON_HLT, "the HLT in the shadow runs before the window opens");
+    assert_eq!(g.rip(), 0x1001);
+}
+
 /// The same rule when the instruction in the shadow does not exit: it runs before the
 /// window opens. The layer opens it at the run's next exit (here its deadline), later than
 /// VT-x's exit right after the instruction, never before the instruction.

@@ -561,24 +561,34 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
 /// returns to the HLT, so the CPU sleeps with the wake-up it just took undone. KVM on the
 /// nested test sandbox's SVM reported the window open inside the shadow (a --cpus 4 boot
 /// hung on it: test `the_sti_shadow_before_hlt_...`), and its single-step never trapped
-/// there either. So in a shadow the layer does not ask KVM for the window at all: the
-/// guest runs on to its next exit (the HLT's own, at once, in the idle loop; at worst a
-/// kick or the run's deadline), after which the VMM asks again with the shadow gone.
-/// Later than VT-x would open it, never earlier. The same KVM also reported a shadow that
-/// never ended (a guest spinning on `jmp $` after an IRET): a shadow still there at the
-/// same RIP after STALE_SHADOW_ENTRIES entries that held the window back is taken as
-/// stale and the window is asked for (kick_stress lost an interrupt for good without
-/// this). Not after one: a kick before the HLT ran leaves the same RIP and a real shadow.
-fn request_interrupt_window(st: &mut VcpuState, wanted: bool) {
+/// there either. So in a shadow the layer does not ask KVM for the window: the guest runs
+/// on to its next exit, after which the VMM asks again with the shadow gone. Later than
+/// VT-x would open it, never earlier.
+///
+/// A shadow before a HLT is always held: the HLT exits as soon as it runs, however many
+/// kicks come first. The same KVM also reported a shadow that never ended (a guest
+/// spinning on `jmp $` after an IRET; kick_stress lost an interrupt for good): before
+/// any other instruction, a shadow still there after STALE_SHADOW_ENTRIES entries at one
+/// RIP is taken as stale and the window asked for.
+fn request_interrupt_window(vm: &Vm, st: &mut VcpuState, wanted: bool) {
     const STALE_SHADOW_ENTRIES: u32 = 4;
-    let rip = st.fd.sync_regs().regs.rip;
     let in_shadow = st.fd.sync_regs().events.interrupt.shadow != 0;
-    let held = match st.window_held_at {
-        Some((at, n)) if at == rip => n,
-        _ => 0,
+    let hold = wanted && in_shadow && {
+        let snap = Snapshot::take(st);
+        let rip = snap.regs.rip;
+        let mut byte = [0u8; 1];
+        let before_hlt = read_linear(vm, st, &snap, snap.code_linear(rip), &mut byte) == 1 && byte[0] == HLT_OPCODE;
+        let held = match st.window_held_at {
+            Some((at, n)) if at == rip => n,
+            _ => 0,
+        };
+        let hold = before_hlt || held < STALE_SHADOW_ENTRIES;
+        st.window_held_at = Some((rip, held + 1));
+        hold
     };
-    let hold = wanted && in_shadow && held < STALE_SHADOW_ENTRIES;
-    st.window_held_at = hold.then_some((rip, held + 1));
+    if !(wanted && in_shadow) {
+        st.window_held_at = None;
+    }
     st.fd.get_kvm_run().request_interrupt_window = (wanted && !hold) as u8;
 }
 
@@ -662,7 +672,7 @@ fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -
     }
     let window_wanted = ctrls.proc & ProcBased::IRQ_WND.bits() != 0;
     let exit = loop {
-        request_interrupt_window(st, window_wanted);
+        request_interrupt_window(vm, st, window_wanted);
         // No look at the kick flag here: a kick sets immediate_exit, so KVM_RUN returns
         // EINTR at once, and does so with the state (an injected event still queued)
         // written back to the sync regs, which record_exit needs to see. A deadline

@@ -67,8 +67,8 @@ pub struct VcpuState {
     deadline_timer: Option<super::kick::DeadlineTimer>,
     /// Secondary controls the installed CPUID table needs (`cpuid::controls_needed`).
     pub cpuid_controls_needed: u32,
-    /// RIP of the last entries that held the interrupt window back for a shadow, and how
-    /// many in a row (`run.rs`, request_interrupt_window).
+    /// RIP of the last entries made in a shadow while the interrupt window was wanted, and
+    /// how many in a row (`run.rs`, request_interrupt_window).
     pub window_held_at: Option<(u64, u32)>,
 }
 
