@@ -4,8 +4,10 @@ same KVM, looking for boots that hang. Run by scripts/boot-loop.sh (in the sandb
 the host's KVM is not hardware-backed).
 
     boot-loop.py --hvrun PATH --kernel K --initrd I [--boots N] [--deadline S] [--cpus N] [--no-qemu]
+                 [--append ARGS]
 
---cpus N: both VMMs get N vCPUs (hvrun --cpus N, QEMU -smp N).
+--cpus N: both VMMs get N vCPUs (hvrun --cpus N, QEMU -smp N). --append: more kernel
+command line for both (the default is quiet: only errors reach the console).
 
 Each boot runs the guest's `uptime` check and must power off by itself within the
 deadline. The console is drained the way a scripting user drains it: 64 KiB reads as
@@ -105,9 +107,10 @@ def main():
     ap.add_argument("--cpus", type=int, default=1)
     ap.add_argument("--no-qemu", action="store_true", help="hvrun boots only")
     ap.add_argument("--no-dump", action="store_true", help="do not send SIGUSR1 to a hung hvrun")
+    ap.add_argument("--append", default="", help="more kernel command line (e.g. loglevel=7 to see what hangs)")
     a = ap.parse_args()
 
-    cmdline = "console=ttyS0 panic=-1 quiet hvrun.check=uptime"
+    cmdline = f"console=ttyS0 panic=-1 quiet hvrun.check=uptime {a.append}".strip()
     hvrun = [a.hvrun, "--mem", a.mem, "--cpus", str(a.cpus), "--cmdline", cmdline, a.kernel, a.initrd]
     qemu = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", a.mem, "-smp", str(a.cpus),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",

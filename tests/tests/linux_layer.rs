@@ -450,6 +450,40 @@ fn kicks_before_the_hlt_in_an_sti_shadow_keep_the_window_shut() {
     assert_eq!(g.rip(), 0x1001);
 }
 
+/// The test sandbox's nested SVM loses the shadow of `sti` right before `hlt` at some
+/// exits (IF=1, no blocking, RIP at the HLT) and then calls the window open there; an
+/// interrupt delivered at the HLT returns to it, and a --cpus 4 boot hung with a woken
+/// task queued on a halted vCPU. The layer puts such a shadow back: the window stays shut
+/// until the HLT has run, and a kick's exit shows the blocking by STI.
+#[test]
+fn a_shadow_lost_between_sti_and_hlt_is_put_back() {
+    // 1000: sti   FB
+    // 1001: hlt   F4
+    // 1002: jmp $ EB FE
+    let lost = || {
+        let g = in_the_sti_shadow_asking_for_the_window(&[0xfb, 0xf4, 0xeb, 0xfe]);
+        g.w(VMCS_GUEST_IGNORE_IRQ, 0);
+        g
+    };
+    let g = lost();
+    assert_eq!(g.run(), VMX_REASON_HLT, "no window at the HLT: it runs first");
+    assert_eq!(g.rip(), 0x1001);
+    drop(g); // one guest at a time
+    let g = lost();
+    hv_linux_set_kick_mode(KickMode::KeptUntilRun);
+    kick_from_another_thread(&g);
+    assert_eq!(g.run(), VMX_REASON_IRQ);
+    assert_eq!(g.rip(), 0x1001, "nothing ran");
+    assert_eq!(g.r(VMCS_GUEST_IGNORE_IRQ), Interruptibility::STI.bits() as u64, "the shadow is back");
+    assert_eq!(g.run(), VMX_REASON_HLT);
+    drop(g);
+    // Anywhere else IF=1 without a shadow is open: the window opens at once.
+    let g = lost();
+    g.w(VMCS_GUEST_RIP, 0x1002);
+    assert_eq!(g.run(), VMX_REASON_IRQ_WND);
+    assert_eq!(g.rip(), 0x1002);
+}
+
 /// The same rule when the instruction in the shadow does not exit: it runs before the
 /// window opens. The layer opens it at the run's next exit (here its deadline), later than
 /// VT-x's exit right after the instruction, never before the instruction.

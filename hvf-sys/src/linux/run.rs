@@ -41,6 +41,8 @@ const MAX_COMPLETION_ROUNDS: usize = 64;
 
 
 const HLT_OPCODE: u8 = 0xf4;
+const STI_OPCODE: u8 = 0xfb;
+const RFLAGS_IF: u64 = 1 << 9;
 /// RDMSR and WRMSR are 0F 32 / 0F 30.
 const MSR_INSN_LEN: u64 = 2;
 
@@ -566,7 +568,8 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
 /// VT-x would open it, never earlier.
 ///
 /// A shadow before a HLT is always held: the HLT exits as soon as it runs, however many
-/// kicks come first. The same KVM also reported a shadow that never ended (a guest
+/// kicks come first (and one the host lost there is put back first,
+/// `restore_sti_shadow_before_hlt`). The same KVM also reported a shadow that never ended (a guest
 /// spinning on `jmp $` after an IRET; kick_stress lost an interrupt for good): before
 /// any other instruction, a shadow still there after STALE_SHADOW_ENTRIES entries at one
 /// RIP is taken as stale and the window asked for.
@@ -590,6 +593,36 @@ fn request_interrupt_window(vm: &Vm, st: &mut VcpuState, wanted: bool) {
         st.window_held_at = None;
     }
     st.fd.get_kvm_run().request_interrupt_window = (wanted && !hold) as u8;
+}
+
+/// Puts back the shadow of an `sti` right before a `hlt` that the host lost; returns
+/// whether it did. KVM on the test sandbox's nested SVM (QEMU TCG) reports some exits
+/// there (a window it calls open, a kick) with RFLAGS.IF=1 and no shadow, which VT-x
+/// never does: an exit between STI and the instruction after it records blocking by STI
+/// (SDM 25.4.2, table 25-3). An interrupt delivered there returns to the HLT and the CPU
+/// sleeps with the wake-up it just took undone (a task queued by a wake-up IPI waited on
+/// a halted vCPU: a --cpus 4 boot hung, 1 in 30; QEMU's own guest hangs there too). Only
+/// exits that can land between two instructions (a window, a kick, a deadline) are
+/// looked at. If the STI had found IF already set (no shadow on hardware), holding the
+/// interrupt until the HLT has run only delivers it one instruction later, as an
+/// interrupt arriving during the HLT would be.
+fn restore_sti_shadow_before_hlt(vm: &Vm, st: &mut VcpuState) -> bool {
+    let sync = st.fd.sync_regs();
+    if sync.regs.rflags & RFLAGS_IF == 0 || sync.events.interrupt.shadow != 0 {
+        return false;
+    }
+    let snap = Snapshot::take(st);
+    let mut code = [0u8; 2];
+    let at = snap.code_linear(snap.regs.rip.wrapping_sub(1));
+    if read_linear(vm, st, &snap, at, &mut code) != code.len() || code != [STI_OPCODE, HLT_OPCODE] {
+        return false;
+    }
+    let events = &mut st.fd.sync_regs_mut().events;
+    events.interrupt.shadow = KVM_X86_SHADOW_INT_STI as u8;
+    events.flags |= KVM_VCPUEVENT_VALID_SHADOW;
+    st.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+    log::debug!("hvf-sys/linux: vCPU exit at RIP {:#x}: the STI shadow before the HLT put back", snap.regs.rip);
+    true
 }
 
 /// Waits in the HLT (or shutdown / wait-for-SIPI) activity state until kicked, asleep:
@@ -680,6 +713,7 @@ fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -
         let result = kvm_run(st);
         match result {
             Err(libc::EINTR) => {
+                restore_sti_shadow_before_hlt(vm, st);
                 if kick::take(vcpu) {
                     break ExitInfo::simple(VMX_REASON_IRQ);
                 }
@@ -703,6 +737,10 @@ fn run_inside(vm: &Vm, vcpu: &Vcpu, st: &mut VcpuState, deadline: Option<u64>) -
             KVM_EXIT_X86_WRMSR => msr_exit(vcpu, st, VMX_REASON_WRMSR),
             KVM_EXIT_HLT => Ok(hlt_exit(vm, st)),
             KVM_EXIT_IRQ_WINDOW_OPEN => {
+                // Not open in a shadow: the HLT runs first, then exits.
+                if restore_sti_shadow_before_hlt(vm, st) {
+                    continue;
+                }
                 if ctrls.proc & ProcBased::IRQ_WND.bits() != 0 {
                     Ok(ExitInfo::simple(VMX_REASON_IRQ_WND))
                 } else {
