@@ -13,7 +13,7 @@
 //! /work/shared/design/linux-host.md). Where KVM had already retired the instruction, its
 //! start is found by decoding backwards (`decode.rs`).
 use super::decode::{self, AddressMatch, IndexRegs, IoInsn, RegisterFile};
-use super::entry_checks::{self, CR0_PE, CR0_PG, EFER_LMA};
+use super::entry_checks::{self, CR0_PE, CR0_PG, EFER_LMA, RFLAGS_IF};
 use super::errors::*;
 use super::kick;
 use super::vcpu::{Vcpu, VcpuState};
@@ -42,7 +42,6 @@ const MAX_COMPLETION_ROUNDS: usize = 64;
 
 const HLT_OPCODE: u8 = 0xf4;
 const STI_OPCODE: u8 = 0xfb;
-const RFLAGS_IF: u64 = 1 << 9;
 /// RDMSR and WRMSR are 0F 32 / 0F 30.
 const MSR_INSN_LEN: u64 = 2;
 
@@ -185,6 +184,13 @@ fn read_forward(vm: &Vm, st: &VcpuState, snap: &Snapshot, ip: u64) -> Vec<u8> {
     let n = read_linear(vm, st, snap, snap.code_linear(ip), &mut buf);
     buf.truncate(n);
     buf
+}
+
+/// Whether the guest code at offset `ip` in CS is `want` (false if it cannot be read).
+fn code_is(vm: &Vm, st: &VcpuState, snap: &Snapshot, ip: u64, want: &[u8]) -> bool {
+    let mut buf = [0u8; 4];
+    let buf = &mut buf[..want.len()];
+    read_linear(vm, st, snap, snap.code_linear(ip), buf) == want.len() && buf == want
 }
 
 /// One KVM_RUN; Ok(()) on an exit, Err(errno) otherwise. Time inside is guest time,
@@ -453,9 +459,8 @@ fn msr_exit(vcpu: &Vcpu, st: &mut VcpuState, reason: u32) -> Result<ExitInfo, hv
 fn hlt_exit(vm: &Vm, st: &mut VcpuState) -> ExitInfo {
     let snap = Snapshot::take(st);
     let rip = snap.regs.rip;
-    let mut byte = [0u8; 1];
-    let at_rip = read_linear(vm, st, &snap, snap.code_linear(rip), &mut byte) == 1 && byte[0] == HLT_OPCODE;
-    let before = read_linear(vm, st, &snap, snap.code_linear(rip.wrapping_sub(1)), &mut byte) == 1 && byte[0] == HLT_OPCODE;
+    let at_rip = code_is(vm, st, &snap, rip, &[HLT_OPCODE]);
+    let before = code_is(vm, st, &snap, rip.wrapping_sub(1), &[HLT_OPCODE]);
     if before || !at_rip {
         st.fd.sync_regs_mut().regs.rip = rip.wrapping_sub(1);
         st.fd.set_sync_dirty_reg(SyncReg::Register);
@@ -568,9 +573,10 @@ fn prepare_entry(st: &mut VcpuState, ctrls: &controls::Controls) -> Result<(), h
 /// VT-x would open it, never earlier.
 ///
 /// A shadow before a HLT is always held: the HLT exits as soon as it runs, however many
-/// kicks come first (and one the host lost there is put back first,
-/// `restore_sti_shadow_before_hlt`). The same KVM also reported a shadow that never ended (a guest
-/// spinning on `jmp $` after an IRET; kick_stress lost an interrupt for good): before
+/// kicks come first (one the host lost there is put back first,
+/// `restore_sti_shadow_before_hlt`). The same KVM also reported a shadow that never
+/// ended (a guest spinning on `jmp $` after an IRET; kick_stress lost an interrupt for
+/// good): before
 /// any other instruction, a shadow still there after STALE_SHADOW_ENTRIES entries at one
 /// RIP is taken as stale and the window asked for.
 fn request_interrupt_window(vm: &Vm, st: &mut VcpuState, wanted: bool) {
@@ -579,8 +585,7 @@ fn request_interrupt_window(vm: &Vm, st: &mut VcpuState, wanted: bool) {
     let hold = wanted && in_shadow && {
         let snap = Snapshot::take(st);
         let rip = snap.regs.rip;
-        let mut byte = [0u8; 1];
-        let before_hlt = read_linear(vm, st, &snap, snap.code_linear(rip), &mut byte) == 1 && byte[0] == HLT_OPCODE;
+        let before_hlt = code_is(vm, st, &snap, rip, &[HLT_OPCODE]);
         let held = match st.window_held_at {
             Some((at, n)) if at == rip => n,
             _ => 0,
@@ -612,9 +617,7 @@ fn restore_sti_shadow_before_hlt(vm: &Vm, st: &mut VcpuState) -> bool {
         return false;
     }
     let snap = Snapshot::take(st);
-    let mut code = [0u8; 2];
-    let at = snap.code_linear(snap.regs.rip.wrapping_sub(1));
-    if read_linear(vm, st, &snap, at, &mut code) != code.len() || code != [STI_OPCODE, HLT_OPCODE] {
+    if !code_is(vm, st, &snap, snap.regs.rip.wrapping_sub(1), &[STI_OPCODE, HLT_OPCODE]) {
         return false;
     }
     let events = &mut st.fd.sync_regs_mut().events;
